@@ -1,0 +1,59 @@
+"""Console entry point: ``i4t-gateway`` (also ``python -m i4t_gateway``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from .embedded_broker import EmbeddedBrokerError
+from .identity import IdentityError
+from .server import GatewayServer, run_until_stopped
+from .settings import SettingsError, settings_from_args
+from .store import StoreError
+
+_LOGGER = logging.getLogger("i4t_gateway")
+
+# The embedded broker logs every client connect at INFO: useful while developing, noise otherwise.
+_QUIET_LOGGERS = ("amqtt", "transitions")
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr with timestamps; third-party chatter only at warning and above."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+async def _serve(server: GatewayServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await run_until_stopped(server, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the gateway until SIGINT or SIGTERM; exit 2 on a configuration error."""
+    try:
+        settings = settings_from_args(argv)
+    except SettingsError as err:
+        print(f"i4t-gateway: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        server = GatewayServer(settings)
+        asyncio.run(_serve(server))
+    except (EmbeddedBrokerError, StoreError, IdentityError) as err:
+        _LOGGER.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

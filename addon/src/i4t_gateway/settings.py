@@ -1,0 +1,136 @@
+"""Gateway settings: command line, environment and their defaults in one place."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_EMBEDDED_HOST = "127.0.0.1"
+DEFAULT_EMBEDDED_PORT = 1883
+DEFAULT_DATA_DIR = Path("i4t-data")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the gateway cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where an MQTT broker listens and how to log in to it."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerAddress:
+        """Parse mqtt://[user[:password]@]host[:port] or mqtts://..."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise SettingsError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+        if not parts.hostname:
+            raise SettingsError(f"broker URL has no host: {url!r}")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as err:
+            raise SettingsError(f"broker URL has a bad port: {url!r}") from err
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def describe(self) -> str:
+        """The address without credentials, for logs."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway needs to start."""
+
+    data_dir: Path
+    broker: BrokerAddress | None
+    embedded_host: str = DEFAULT_EMBEDDED_HOST
+    embedded_port: int = DEFAULT_EMBEDDED_PORT
+    name: str = "I4T Gateway"
+    log_level: str = "info"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        """No broker given: the gateway brings its own so that one command gives a working hub."""
+        return self.broker is None
+
+    def local_broker(self) -> BrokerAddress:
+        """The broker the gateway's local bus connects to."""
+        if self.broker is not None:
+            return self.broker
+        return BrokerAddress(host=self.embedded_host, port=self.embedded_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of i4t-gateway; every option also reads an I4T_* environment variable."""
+    parser = argparse.ArgumentParser(
+        prog="i4t-gateway",
+        description="I4T gateway: bridges things into the I4T mesh and forwards upstream.",
+    )
+    env = os.environ.get
+    parser.add_argument(
+        "--broker",
+        default=env("I4T_BROKER_URL"),
+        help="local MQTT broker, mqtt://[user:pass@]host[:port] or mqtts://...; "
+        "without it the gateway runs its own embedded broker (env I4T_BROKER_URL)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(env("I4T_DATA_DIR", str(DEFAULT_DATA_DIR))),
+        help="folder for the key pair and the SQLite store (env I4T_DATA_DIR)",
+    )
+    parser.add_argument(
+        "--embedded-host",
+        default=env("I4T_EMBEDDED_HOST", DEFAULT_EMBEDDED_HOST),
+        help="address the embedded broker listens on (env I4T_EMBEDDED_HOST)",
+    )
+    parser.add_argument(
+        "--embedded-port",
+        type=int,
+        default=int(env("I4T_EMBEDDED_PORT", str(DEFAULT_EMBEDDED_PORT))),
+        help="port the embedded broker listens on (env I4T_EMBEDDED_PORT)",
+    )
+    parser.add_argument("--name", default=env("I4T_NAME", "I4T Gateway"), help="display name")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=env("I4T_LOG_LEVEL", "info"),
+        help="log level (env I4T_LOG_LEVEL)",
+    )
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> Settings:
+    """Parse the command line (and environment) into Settings; SettingsError on bad values."""
+    args = build_parser().parse_args(argv)
+    broker = BrokerAddress.from_url(args.broker) if args.broker else None
+    if not 0 < args.embedded_port < 65536:
+        raise SettingsError(f"embedded broker port out of range: {args.embedded_port}")
+    if args.log_level not in LOG_LEVELS:
+        raise SettingsError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+    return Settings(
+        data_dir=args.data_dir,
+        broker=broker,
+        embedded_host=args.embedded_host,
+        embedded_port=args.embedded_port,
+        name=args.name,
+        log_level=args.log_level,
+    )

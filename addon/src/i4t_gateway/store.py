@@ -1,0 +1,73 @@
+"""The gateway's SQLite database: one file under the data folder, in WAL mode.
+
+Later modules (queue, groups, nodes) add their own tables through migrations
+registered here, so that one schema version describes the whole file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+# Each entry migrates from version index to index + 1.
+_MIGRATIONS: Sequence[str] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    """,
+)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or is newer than this gateway understands."""
+
+
+def open_store(path: Path) -> sqlite3.Connection:
+    """Open (creating when missing) the database at path and bring its schema up to date."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives process crashes (kill -9) without an fsync per commit;
+        # only a power cut can lose the last commits, which the hop-by-hop acks then redeliver.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open the gateway database {path}: {err}") from err
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this gateway ({SCHEMA_VERSION})"
+        )
+    for target in range(version, SCHEMA_VERSION):
+        with conn:
+            conn.execute("BEGIN")
+            for statement in _split(_MIGRATIONS[target]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={target + 1}")
+
+
+def _split(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """A value of the meta table, or None."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Set a value of the meta table."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )

@@ -1,0 +1,19 @@
+"""Fixtures of the gateway server's tests (run with -p no:homeassistant)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .brokers import Mosquitto
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A fresh Mosquitto on a free loopback port, stopped after the test."""
+    broker = Mosquitto(workdir=tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
