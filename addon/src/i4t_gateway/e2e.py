@@ -59,7 +59,9 @@ class Sealed:
     ciphertext: bytes
 
 
-def _derive(shared: bytes, ephemeral_public: bytes, recipient_public: bytes) -> tuple[bytes, bytes]:
+def derive_key_nonce(
+    shared: bytes, ephemeral_public: bytes, recipient_public: bytes
+) -> tuple[bytes, bytes]:
     okm = HKDF(
         algorithm=hashes.SHA256(),
         length=KEY_SIZE + NONCE_SIZE,
@@ -85,7 +87,7 @@ def seal(
     ephemeral_public = ephemeral_key.public_key().public_bytes_raw()
     # cryptography raises ValueError for an all-zero shared secret (a low-order recipient key).
     shared = ephemeral_key.exchange(X25519PublicKey.from_public_bytes(recipient_public))
-    key, nonce = _derive(shared, ephemeral_public, recipient_public)
+    key, nonce = derive_key_nonce(shared, ephemeral_public, recipient_public)
     return Sealed(ephemeral_public, ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad))
 
 
@@ -99,7 +101,7 @@ def open_sealed(sealed: Sealed, recipient: Identity, aad: bytes) -> bytes:
         shared = private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
     except ValueError:
         raise PacketError(Reason.DECRYPT_FAILED, "low-order ephemeral key") from None
-    key, nonce = _derive(shared, sealed.ephemeral_public, recipient_public)
+    key, nonce = derive_key_nonce(shared, sealed.ephemeral_public, recipient_public)
     try:
         return ChaCha20Poly1305(key).decrypt(nonce, sealed.ciphertext, aad)
     except InvalidTag:

@@ -113,7 +113,7 @@ def build(
     )
 
 
-def _aad(packet: Packet) -> bytes:
+def associated_data(packet: Packet) -> bytes:
     """What the ciphertext is bound to: version, type, source, destination, message id."""
     return encode(
         [packet.version, int(packet.type), packet.src.bytes, packet.dst.bytes, packet.message_id]
@@ -171,7 +171,7 @@ def seal_packet(
     sealed = None
     if encrypt_to is not None:
         plaintext = encode(packet.payload.to_cbor())
-        sealed = seal(plaintext, encrypt_to, _aad(packet), ephemeral=ephemeral)
+        sealed = seal(plaintext, encrypt_to, associated_data(packet), ephemeral=ephemeral)
     body = _body(
         packet,
         key=signer.public_bytes if include_key else None,
@@ -266,7 +266,7 @@ def _check_key_binding(packet: Packet, key: bytes) -> None:
 
 def _decrypt(packet: Packet, recipient: Identity, limits: Limits) -> Packet:
     assert isinstance(packet.payload, Sealed)
-    plaintext = open_sealed(packet.payload, recipient, _aad(packet))
+    plaintext = open_sealed(packet.payload, recipient, associated_data(packet))
     payload = parse_payload(packet.type, decode(plaintext, limits))
     if encode(payload.to_cbor()) != plaintext:
         raise PacketError(Reason.NON_CANONICAL, "encrypted payload")
