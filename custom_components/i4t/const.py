@@ -1,0 +1,23 @@
+"""Constants of the I4T integration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+DOMAIN: Final = "i4t"
+LOGGER = logging.getLogger(__package__)
+
+CONF_GATEWAY_ID: Final = "gateway_id"
+
+# The gateway's local API (docs/API.md). Only major version 1 is understood.
+API_VERSION: Final = 1
+TOPIC_ROOT: Final = "i4t"
+DISCOVERY_PREFIX: Final = f"{TOPIC_ROOT}/discovery"
+ONLINE: Final = "online"
+OFFLINE: Final = "offline"
+
+# How long the user step listens for gateway announcements (retained, so they arrive at once).
+SCAN_SECONDS: Final = 2.0
+# How long set-up waits for the gateway's retained announcement before retrying later.
+ANNOUNCEMENT_WAIT_SECONDS: Final = 10.0
