@@ -178,7 +178,7 @@ class Group:
         return {
             "group_id": self.group_id,
             "quorum": self.quorum.export(),
-            "members": [member.export() for member in self._members.values()],
+            "members": [self._members[node_id].export() for node_id in sorted(self._members)],
         }
 
 
@@ -443,7 +443,7 @@ class GroupRegistry:
 
     def export(self) -> dict[str, Any]:
         """All groups and members as plain dicts and lists."""
-        return {"groups": [group.export() for group in self._groups.values()]}
+        return {"groups": [self._groups[gid].export() for gid in sorted(self._groups)]}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> GroupRegistry:

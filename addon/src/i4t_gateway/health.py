@@ -365,7 +365,10 @@ class HealthEngine:
         health = self._groups.pop(group.group_id)
         for member in group:
             self._detach(self._nodes[member.key])
-        self._emit(GroupStatusChanged(group.group_id, health.status, None), health)
+        # Announced even when muted (consumers must drop the group's entities), from the
+        # status they last saw.
+        last_seen = health.status if health.quiet_status is None else health.quiet_status
+        self._emit(GroupStatusChanged(group.group_id, last_seen, None), None)
 
     def quorum_changed(self, group: Group) -> None:
         """Re-evaluate a group under its new quorum rule."""
@@ -390,17 +393,20 @@ class HealthEngine:
     # Persistence
 
     def export(self) -> dict[str, Any]:
-        """Node health, learned intervals, overrides and mutes as plain dicts (no times)."""
+        """Node health, learned intervals, overrides and mutes as plain dicts (no times).
+
+        Sorted by key and group id, so that equal states export equal data.
+        """
         return {
             "version": EXPORT_VERSION,
-            "nodes": [_export_node(node) for node in self._nodes.values()],
+            "nodes": [_export_node(self._nodes[key]) for key in sorted(self._nodes)],
             "groups": [
                 {
                     "group_id": health.group_id,
                     "muted": health.muted,
                     "quiet_status": _value(health.quiet_status),
                 }
-                for health in self._groups.values()
+                for _, health in sorted(self._groups.items())
             ],
         }
 

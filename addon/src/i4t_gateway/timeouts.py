@@ -181,11 +181,13 @@ class DeadlineQueue[T: Scheduled]:
             when, _, item = heapq.heappop(heap)
             if when != item.queued:
                 continue
-            if item.deadline <= now:
+            if item.deadline <= when:
                 item.queued = math.inf
                 self._live -= 1
                 expired.append(item)
             else:
+                # Postponed: back in at its true deadline, which may still be due this round,
+                # so that items come out in deadline order.
                 self._requeue(item)
         return expired
 
