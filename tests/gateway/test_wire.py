@@ -259,7 +259,10 @@ def test_limits_are_enforced_before_decoding() -> None:
         (b"\x01\x02", Reason.MALFORMED),
         (b"\x18\x01", Reason.NON_CANONICAL),
         (b"\xa2\x02\x00\x01\x00", Reason.NON_CANONICAL),
-        (b"\xa2\x01\x00\x01\x00", Reason.MALFORMED),
+        (b"\xa2\x01\x00\x01\x00", Reason.NON_CANONICAL),
+        (b"\xfa\x3f\xc0\x00\x00", Reason.NON_CANONICAL),
+        (b"\xfb\x7f\xf8\x00\x00\x00\x00\x00\x00", Reason.NON_CANONICAL),
+        (b"\xa1\x80\x00", Reason.UNSUPPORTED_CBOR),
         (b"\x62\xc3\x28", Reason.MALFORMED),
         (b"\xd2\x80", Reason.BAD_ENVELOPE),
         (b"\x84\x43\xa1\x01\x27\xa0\x40\x40", Reason.BAD_ENVELOPE),
@@ -479,3 +482,16 @@ def test_any_signed_body_raises_only_packet_error(body: object) -> None:
     """Well-signed but arbitrary CBOR bodies: the schema layer must refuse them cleanly."""
     raw = cose.sign1(cose.encode(body), ALICE, {HOP_LIMIT_LABEL: 1})
     assert refusal(lambda: open_packet(raw, recipient=BOB)) in REFUSALS
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(sample_payloads()), st.data())
+def test_accepted_bodies_re_encode_to_themselves(payload: Payload, data: st.DataObject) -> None:
+    """Fields and bytes map one to one: whatever body is accepted is exactly what sealing the
+    decoded fields produces (so no second encoding of the same fields passes)."""
+    body = bytearray(cose.decode_sign1(seal_packet(packet_for(payload), ALICE)).payload)
+    index = data.draw(st.integers(0, len(body) - 1))
+    body[index] = data.draw(st.integers(0, 255))
+    raw = cose.sign1(bytes(body), ALICE, {HOP_LIMIT_LABEL: 1})
+    if refusal(lambda: open_packet(raw)) is None:
+        assert seal_packet(open_packet(raw).packet, ALICE, hop_limit=1) == raw

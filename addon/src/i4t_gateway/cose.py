@@ -4,10 +4,11 @@ Untrusted bytes go through :func:`scan` before cbor2 sees them. The scan walks t
 without building anything, iteratively and in time linear in the input, and rejects what the
 protocol never uses but a decoder would spend work or memory on: indefinite lengths, tags (cbor2
 resolves tags 28/29 into shared, even cyclic, references), undefined and unassigned simple values,
-nesting deeper or item counts larger than :class:`Limits` allow, lengths that run past the input,
-and trailing bytes (cbor2 6 silently ignores them). Whatever is left is then decoded by cbor2 and
-re-encoded: an input that is not in deterministic encoding (RFC 8949 §4.2.1) is rejected, so one
-set of fields has exactly one byte string, which the signatures and the test vectors rely on.
+map keys other than integers and text, nesting deeper or item counts larger than :class:`Limits`
+allow, lengths that run past the input, and trailing bytes (cbor2 6 silently ignores them).
+The same pass enforces deterministic encoding (RFC 8949 §4.2.1: shortest heads, shortest floats,
+map keys in bytewise order and unique), so one value has exactly one byte string, which the
+signatures and the test vectors rely on. Only then does cbor2 decode.
 
 Every failure is a :class:`PacketError` whose :class:`Reason` feeds the drop counters.
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 import enum
-from typing import Final, Protocol
+import math
+import struct
+from typing import Any, Final, Protocol
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -87,8 +90,11 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-def scan(data: bytes, limits: Limits = DEFAULT_LIMITS, *, allow_sign1_tag: bool = False) -> None:
-    """Check that ``data`` is exactly one well-formed CBOR item the protocol accepts.
+def scan(  # noqa: PLR0912 - the per-item hot loop stays in one function on purpose
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, allow_sign1_tag: bool = False
+) -> None:
+    """Check that ``data`` is exactly one well-formed, deterministically encoded CBOR item of
+    the subset the protocol uses, within ``limits``.
 
     ``allow_sign1_tag`` permits tag 18 as the very first head (the COSE_Sign1 envelope).
     """
@@ -99,64 +105,108 @@ def scan(data: bytes, limits: Limits = DEFAULT_LIMITS, *, allow_sign1_tag: bool 
         raise PacketError(Reason.MALFORMED, "empty")
     position = 0
     items = 0
-    # Stack of items still expected per open container; the bottom entry is the top-level item.
-    pending = [1]
+    # One frame per open container: [items still expected, is a map, previous key's bytes].
+    # The bottom frame stands for the top-level item. The head decoding is inlined: this loop
+    # runs for every item of every packet.
+    stack: list[list[Any]] = [[1, False, b""]]
     if allow_sign1_tag and data[0] == 0xC0 | COSE_SIGN1_TAG:
         position = 1
-    while pending:
-        if pending[-1] == 0:
-            pending.pop()
+    while stack:
+        frame = stack[-1]
+        if frame[0] == 0:
+            stack.pop()
             continue
-        pending[-1] -= 1
+        is_key = frame[1] and frame[0] % 2 == 0
+        frame[0] -= 1
         items += 1
         if items > limits.max_items:
             raise PacketError(Reason.TOO_MANY_ITEMS)
-        position, children = _scan_head(data, position)
-        if children:
-            if len(pending) > limits.max_depth:
-                raise PacketError(Reason.TOO_DEEP)
-            # Every child takes at least one byte, so a count beyond the input is malformed.
-            if children > size - position:
-                raise PacketError(Reason.MALFORMED, "container runs past the input")
-            pending.append(children)
+        if position >= size:
+            raise PacketError(Reason.MALFORMED, "truncated")
+        start = position
+        initial = data[position]
+        major, info = initial >> 5, initial & 0x1F
+        position += 1
+        argument = info
+        if info >= 24:
+            position, argument = _read_argument(data, position, major, info)
+        if major == 2 or major == 3:  # noqa: PLR1714 - faster than a tuple lookup here
+            if argument > size - position:
+                raise PacketError(Reason.MALFORMED, "string runs past the input")
+            position += argument
+        elif major == 4 or major == 5:  # noqa: PLR1714
+            if argument:
+                _open_container(stack, limits, argument * (major - 3), size - position)
+                stack[-1][1] = major == 5
+        elif major == _MT_TAG:
+            raise PacketError(Reason.UNSUPPORTED_CBOR, "tag")
+        elif major == _MT_SIMPLE and info < 24 and info not in _ALLOWED_SIMPLE:
+            raise PacketError(Reason.UNSUPPORTED_CBOR, "simple value")
+        if is_key:
+            _check_key(data[start:position], major, frame)
     if position != size:
         raise PacketError(Reason.MALFORMED, "trailing bytes")
 
 
-def _scan_head(data: bytes, position: int) -> tuple[int, int]:
-    """Read one head at ``position``; return the position after it and its content, and the
-    number of child items it opens (0 for scalars and strings)."""
-    size = len(data)
-    if position >= size:
-        raise PacketError(Reason.MALFORMED, "truncated")
-    initial = data[position]
-    major, info = initial >> 5, initial & 0x1F
-    position += 1
+def _open_container(stack: list[list[Any]], limits: Limits, children: int, left: int) -> None:
+    if len(stack) > limits.max_depth:
+        raise PacketError(Reason.TOO_DEEP)
+    # Every child takes at least one byte, so a count beyond the input is malformed.
+    if children > left:
+        raise PacketError(Reason.MALFORMED, "container runs past the input")
+    stack.append([children, False, b""])
+
+
+def _check_key(key: bytes, major: int, frame: list[Any]) -> None:
+    """Map keys are integers or text, in bytewise order of their encodings, each once
+    (RFC 8949 §4.2.1)."""
+    if major not in (0, 1, 3):
+        raise PacketError(Reason.UNSUPPORTED_CBOR, "map keys must be integers or text")
+    if frame[2] and key <= frame[2]:
+        raise PacketError(Reason.NON_CANONICAL, "map keys out of order or repeated")
+    frame[2] = key
+
+
+def _read_argument(data: bytes, position: int, major: int, info: int) -> tuple[int, int]:
     if info < 24:
-        argument = info
-    elif info <= 27:
-        width = 1 << (info - 24)
-        if position + width > size:
-            raise PacketError(Reason.MALFORMED, "truncated")
-        argument = int.from_bytes(data[position : position + width], "big")
-        position += width
-    else:
+        return position, info
+    if info > 27:
         raise PacketError(Reason.UNSUPPORTED_CBOR, "indefinite length or reserved")
-    if major in (2, 3):
-        if argument > size - position:
-            raise PacketError(Reason.MALFORMED, "string runs past the input")
-        return position + argument, 0
-    if major == 4:
-        return position, argument
-    if major == 5:
-        return position, 2 * argument
-    if major == _MT_TAG:
-        raise PacketError(Reason.UNSUPPORTED_CBOR, "tag")
-    if major == _MT_SIMPLE and info < 24 and info not in _ALLOWED_SIMPLE:
+    width = 1 << (info - 24)
+    if position + width > len(data):
+        raise PacketError(Reason.MALFORMED, "truncated")
+    raw = data[position : position + width]
+    argument = int.from_bytes(raw, "big")
+    if major == _MT_SIMPLE:
+        _check_simple(info, raw)
+    elif argument < _SHORTEST_FLOOR[info]:
+        raise PacketError(Reason.NON_CANONICAL, "argument not in its shortest form")
+    return position + width, argument
+
+
+# The smallest argument each width may carry; below it a shorter head exists.
+_SHORTEST_FLOOR: Final = {24: 24, 25: 0x100, 26: 0x1_0000, 27: 0x1_0000_0000}
+_FLOAT_FORMATS: Final = {25: ">e", 26: ">f", 27: ">d"}
+
+
+def _check_simple(info: int, raw: bytes) -> None:
+    """Floats in the shortest width that keeps their value; NaN only as f9 7e00."""
+    if info == 24:
         raise PacketError(Reason.UNSUPPORTED_CBOR, "simple value")
-    if major == _MT_SIMPLE and info == 24:
-        raise PacketError(Reason.UNSUPPORTED_CBOR, "simple value")
-    return position, 0
+    (value,) = struct.unpack(_FLOAT_FORMATS[info], raw)
+    if math.isnan(value):
+        if info != 25 or raw != b"\x7e\x00":
+            raise PacketError(Reason.NON_CANONICAL, "NaN must be f97e00")
+        return
+    if info > 25 and _fits(value, _FLOAT_FORMATS[info - 1]):
+        raise PacketError(Reason.NON_CANONICAL, "float not in its shortest form")
+
+
+def _fits(value: float, fmt: str) -> bool:
+    try:
+        return bool(struct.unpack(fmt, struct.pack(fmt, value))[0] == value)
+    except (OverflowError, struct.error):
+        return False
 
 
 def encode(value: object) -> bytes:
@@ -166,20 +216,16 @@ def encode(value: object) -> bytes:
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
-    """Scan, decode and require deterministic encoding."""
+    """Scan (which also requires deterministic encoding), then decode."""
     scan(data, limits)
     return _decode_scanned(data)
 
 
 def _decode_scanned(data: bytes) -> object:
     try:
-        value = cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False)
-        canonical = encode(value)
-    except Exception as err:  # untrusted input: cbor2 raises many types
+        return cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False)
+    except Exception as err:  # untrusted input: cbor2 raises many types (e.g. bad UTF-8)
         raise PacketError(Reason.MALFORMED, type(err).__name__) from None
-    if canonical != data:
-        raise PacketError(Reason.NON_CANONICAL)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
