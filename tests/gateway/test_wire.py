@@ -154,6 +154,9 @@ def test_key_can_be_left_out_and_resolved() -> None:
     with pytest.raises(PacketError) as caught:
         open_packet(raw, keys=lambda _: MALLORY.public_bytes)
     assert caught.value.reason is Reason.KEY_MISMATCH
+    with pytest.raises(PacketError) as caught:
+        open_packet(raw, keys=lambda _: b"short")
+    assert caught.value.reason is Reason.KEY_MISMATCH
 
 
 def test_proxied_packets_are_signed_by_the_gateway_and_bound_to_it() -> None:
@@ -327,6 +330,14 @@ def test_bad_fields_are_refused_with_their_reason(
     assert caught.value.reason is reason
 
 
+def test_a_node_cannot_declare_itself_dead() -> None:
+    body = _body_of(HealthResponse(MID, NodeHealth.HEALTHY))
+    body[12] = {1: MID, 2: "dead"}
+    with pytest.raises(PacketError) as caught:
+        open_packet(_resign(body))
+    assert caught.value.reason is Reason.BAD_PAYLOAD
+
+
 def test_schema_level_defaults_must_be_omitted() -> None:
     body = _body_of(GroupConfig(GROUP, "g", 1, ()))
     body[12] = {**body[12], 6: False}  # type: ignore[dict-item]
@@ -413,7 +424,7 @@ payloads = st.one_of(
         st.sampled_from(NodeHealth),
         st.none() | st.text(min_size=1, max_size=30),
         st.none() | addresses,
-    ),
+    ).filter(lambda r: r.health is not NodeHealth.DEAD or r.subject is not None),
     st.builds(StatusRequest, uints),
     st.builds(TxFeedRequest, uints),
     st.builds(Announce, st.lists(addresses, min_size=1, max_size=4).map(tuple), uints),

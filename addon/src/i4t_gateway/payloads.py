@@ -223,9 +223,13 @@ class HealthResponse(Payload):
     @classmethod
     def from_cbor(cls, value: object) -> Self:
         m = _keys(value, {1, 2}, {3, 4}, "health response")
+        health = NodeHealth(s.choice(m[2], _HEALTH, _R, "health"))
+        if health is NodeHealth.DEAD and 4 not in m:
+            # Dead is what others conclude from silence; a node cannot say it of itself.
+            raise PacketError(_R, "dead needs a subject")
         return cls(
             _message_id(m[1], "request id"),
-            NodeHealth(s.choice(m[2], _HEALTH, _R, "health")),
+            health,
             s.text(m[3], _R, "detail", minimum=1, maximum=256) if 3 in m else None,
             s.address(m[4], _R, "subject") if 4 in m else None,
         )

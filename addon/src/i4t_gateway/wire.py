@@ -254,6 +254,8 @@ def _resolve(keys: KeyResolver | None, signer: Address) -> bytes:
     key = keys(signer) if keys is not None else None
     if key is None:
         raise PacketError(Reason.UNKNOWN_KEY, "signer key not in packet and not known")
+    if len(key) != PUBLIC_KEY_SIZE:
+        raise PacketError(Reason.KEY_MISMATCH, "resolver returned a key of the wrong size")
     return key
 
 
