@@ -9,7 +9,6 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 import heapq
-from itertools import count
 import math
 from typing import Any, Protocol
 
@@ -56,7 +55,7 @@ class TimeoutPolicy:
 class IntervalLearner:
     """The last HISTORY_SIZE gaps between a node's reports, in a fixed float32 ring."""
 
-    __slots__ = ("_filled", "_gaps", "_next", "last_heard")
+    __slots__ = ("_filled", "_gaps", "_largest", "_next", "last_heard")
 
     def __init__(self) -> None:
         self.last_heard: float | None = None
@@ -64,6 +63,8 @@ class IntervalLearner:
         self._gaps: array[float] | None = None
         self._filled = 0
         self._next = 0
+        # Kept up to date so that every report does not rescan the ring.
+        self._largest: float | None = None
 
     @property
     def gaps_seen(self) -> int:
@@ -72,9 +73,7 @@ class IntervalLearner:
 
     def largest_gap(self) -> float | None:
         """The largest remembered gap, or None before the second report."""
-        if self._gaps is None or self._filled == 0:
-            return None
-        return max(self._gaps[: self._filled]) if self._filled < HISTORY_SIZE else max(self._gaps)
+        return self._largest
 
     def gaps(self) -> list[float]:
         """The remembered gaps, oldest first."""
@@ -94,16 +93,22 @@ class IntervalLearner:
             # A report stamped earlier than the last one (reordered delivery) teaches nothing.
             self.last_heard = now
 
-    def forget_last_heard(self) -> None:
-        """Drop the last report time, e.g. after a restart when the gap would span downtime."""
-        self.last_heard = None
-
     def _record(self, gap: float) -> None:
-        if self._gaps is None:
-            self._gaps = array("f", bytes(4 * HISTORY_SIZE))
-        self._gaps[self._next] = gap
-        self._next = (self._next + 1) % HISTORY_SIZE
+        gaps = self._gaps
+        if gaps is None:
+            gaps = self._gaps = array("f", bytes(4 * HISTORY_SIZE))
+        index = self._next
+        overwritten = gaps[index] if self._filled == HISTORY_SIZE else None
+        gaps[index] = gap
+        stored = gaps[index]  # rounded to float32, as every remembered gap is
+        self._next = (index + 1) % HISTORY_SIZE
         self._filled = min(self._filled + 1, HISTORY_SIZE)
+        largest = self._largest
+        if largest is None or stored >= largest:
+            self._largest = stored
+        elif overwritten == largest:
+            # The largest gap left the window: rescan (16 floats, and only now).
+            self._largest = max(gaps)
 
     def export(self) -> list[float]:
         """The remembered gaps as a plain list (oldest first) for persistence."""
@@ -123,9 +128,11 @@ class IntervalLearner:
 class Scheduled(Protocol):
     """Something with a deadline that a DeadlineQueue watches.
 
-    ``deadline`` is the true deadline (``math.inf``: none); ``queued`` belongs to the queue.
+    ``key`` is unique among the queue's items; ``deadline`` is the true deadline (``math.inf``:
+    none); ``queued`` belongs to the queue.
     """
 
+    key: bytes
     deadline: float
     queued: float
 
@@ -140,11 +147,12 @@ class DeadlineQueue[T: Scheduled]:
     most once per surfacing, not once per report.
     """
 
-    __slots__ = ("_heap", "_live", "_seq")
+    __slots__ = ("_heap", "_live")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, T]] = []
-        self._seq = count()
+        # Ties between equal deadlines are broken by the item's unique key, compared in C: no
+        # counter object per entry, no Python-level comparison.
+        self._heap: list[tuple[float, bytes, T]] = []
         self._live = 0
 
     def __len__(self) -> int:
@@ -163,7 +171,7 @@ class DeadlineQueue[T: Scheduled]:
         if item.queued == math.inf:
             self._live += 1
         item.queued = item.deadline
-        heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
+        heapq.heappush(self._heap, (item.deadline, item.key, item))
         self._compact_if_sparse()
 
     def cancel(self, item: T) -> None:
@@ -211,12 +219,13 @@ class DeadlineQueue[T: Scheduled]:
             self._live -= 1
             return
         item.queued = item.deadline
-        heapq.heappush(self._heap, (item.deadline, next(self._seq), item))
+        heapq.heappush(self._heap, (item.deadline, item.key, item))
 
     def _compact_if_sparse(self) -> None:
-        # Deadlines moved earlier leave stale entries behind; rebuild when they outnumber the
-        # live ones so that the heap stays O(live), amortised O(1) per push.
-        if len(self._heap) > 2 * self._live + 64:
+        # Deadlines moved earlier (and cancellations) leave stale entries behind; rebuild when
+        # they exceed half the live ones, so that the heap stays under 1.5 entries per item and
+        # each rebuild, O(n), is paid for by the n/2 pushes before it.
+        if len(self._heap) > self._live + self._live // 2 + 64:
             self._heap = [entry for entry in self._heap if entry[0] == entry[2].queued]
             heapq.heapify(self._heap)
 
