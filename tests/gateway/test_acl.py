@@ -5,14 +5,25 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from i4t_gateway.acl import AccessPolicy, Effect, Rule, Selector, SelectorKind
+from i4t_gateway.acl import (
+    AccessPolicy,
+    AddRule,
+    Effect,
+    RemoveRule,
+    Rule,
+    Selector,
+    SelectorKind,
+)
 from i4t_gateway.groups import (
     AddMember,
+    ConfigAgent,
+    ConfigError,
     ConfigRequest,
     CreateGroup,
     GroupRegistry,
     Member,
     NodeRole,
+    NotAuthorizedError,
 )
 
 ADMIN = b"admin"
@@ -23,21 +34,27 @@ def key(n: int) -> bytes:
     return bytes([n]) * 4
 
 
-def registry_with(groups: dict[str, list[int]]) -> GroupRegistry:
-    registry = GroupRegistry()
-    agent = registry.config_agent(lambda r: r.requester == ADMIN)
-    for group_id, nodes in groups.items():
-        members = tuple(Member(group_id, f"n{n}", key(n)) for n in nodes)
-        agent.submit(ConfigRequest(ADMIN, CreateGroup(group_id, members=members)))
-    return registry
+class Config:
+    """A registry with its agent, and groups made through it."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.registry = GroupRegistry()
+        self.agent: ConfigAgent = self.registry.config_agent(lambda r: r.requester == ADMIN)
+        for group_id, nodes in groups.items():
+            members = tuple(Member(group_id, f"n{n}", key(n)) for n in nodes)
+            self.submit(CreateGroup(group_id, members=members))
+
+    def submit(self, operation: object) -> None:
+        self.agent.submit(ConfigRequest(ADMIN, operation))  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def registry() -> GroupRegistry:
-    return registry_with({"lights": [1, 2], "locks": [3, 4]})
+def config() -> Config:
+    return Config({"lights": [1, 2], "locks": [3, 4]})
 
 
-def test_groups_are_closed_by_default(registry: GroupRegistry) -> None:
+def test_groups_are_closed_by_default(config: Config) -> None:
+    registry = config.registry
     policy = AccessPolicy(registry)
     assert policy.may_send(key(1), key(2))
     assert policy.may_send(key(3), key(4))
@@ -48,7 +65,8 @@ def test_groups_are_closed_by_default(registry: GroupRegistry) -> None:
     assert not policy.may_send(key(9), key(9))
 
 
-def test_allow_by_group_and_by_key(registry: GroupRegistry) -> None:
+def test_allow_by_group_and_by_key(config: Config) -> None:
+    registry = config.registry
     policy = AccessPolicy(registry, [Rule.allow(Selector.group("lights"), Selector.key(key(3)))])
     assert policy.may_send(key(1), key(3))
     assert policy.may_send(key(2), key(3))
@@ -56,7 +74,8 @@ def test_allow_by_group_and_by_key(registry: GroupRegistry) -> None:
     assert not policy.may_send(key(3), key(1))  # rules have a direction
 
 
-def test_the_gateway_may_talk_to_everyone(registry: GroupRegistry) -> None:
+def test_the_gateway_may_talk_to_everyone(config: Config) -> None:
+    registry = config.registry
     policy = AccessPolicy(
         registry,
         [
@@ -69,7 +88,8 @@ def test_the_gateway_may_talk_to_everyone(registry: GroupRegistry) -> None:
     assert not policy.may_send(key(1), key(3))
 
 
-def test_deny_wins_over_allow_and_over_membership(registry: GroupRegistry) -> None:
+def test_deny_wins_over_allow_and_over_membership(config: Config) -> None:
+    registry = config.registry
     policy = AccessPolicy(
         registry,
         [
@@ -80,22 +100,38 @@ def test_deny_wins_over_allow_and_over_membership(registry: GroupRegistry) -> No
     assert policy.may_send(key(1), key(3))
     assert not policy.may_send(key(2), key(1))  # same group, but denied
     assert policy.may_send(key(2), key(3))
-    policy.add(Rule.deny(Selector.any(), Selector.key(key(4))))
+    config.submit(AddRule(Rule.deny(Selector.any(), Selector.key(key(4)))))
     assert not policy.may_send(key(3), key(4))
 
 
-def test_remove_rules(registry: GroupRegistry) -> None:
+def test_remove_rules(config: Config) -> None:
+    registry = config.registry
     allow = Rule.allow(Selector.group("lights"), Selector.group("locks"))
     deny = Rule.deny(Selector.key(key(1)), Selector.any())
     policy = AccessPolicy(registry, [allow, deny, deny])
     assert len(policy.rules()) == 2
     assert not policy.may_send(key(1), key(3))
-    policy.remove(deny)
+    config.submit(RemoveRule(deny))
     assert policy.may_send(key(1), key(3))
-    policy.remove(allow)
+    config.submit(RemoveRule(allow))
     assert not policy.may_send(key(1), key(3))
-    with pytest.raises(KeyError):
-        policy.remove(allow)
+    with pytest.raises(ConfigError, match="no such rule"):
+        config.submit(RemoveRule(allow))
+
+
+def test_rules_change_only_through_the_agent(config: Config) -> None:
+    registry = config.registry
+    policy = AccessPolicy(registry)
+    rule = Rule.allow(Selector.any(), Selector.any())
+    with pytest.raises(NotAuthorizedError):
+        config.agent.submit(ConfigRequest(b"stranger", AddRule(rule)))
+    assert policy.rules() == []
+    # A second policy cannot hijack the rule operations of the same registry.
+    with pytest.raises(ConfigError, match="already has a handler"):
+        AccessPolicy(registry)
+    config.submit(AddRule(rule))
+    config.submit(AddRule(rule))
+    assert policy.rules() == [rule]
 
 
 def test_temporary_members_lose_access_when_they_expire() -> None:
@@ -130,7 +166,8 @@ def test_selector_validation() -> None:
         Selector(SelectorKind.ANY, b"x")
 
 
-def test_round_trip(registry: GroupRegistry) -> None:
+def test_round_trip(config: Config) -> None:
+    registry = config.registry
     rules = [
         Rule.allow(Selector.group("lights"), Selector.key(key(3))),
         Rule.deny(Selector.key(key(2)), Selector.any()),
@@ -138,7 +175,7 @@ def test_round_trip(registry: GroupRegistry) -> None:
     ]
     policy = AccessPolicy(registry, rules)
     data = policy.export()
-    restored = AccessPolicy.restore(registry, data)
+    restored = AccessPolicy.restore(GroupRegistry.restore(registry.export()), data)
     assert set(restored.rules()) == set(rules)
     assert restored.export() == data
 
@@ -178,11 +215,12 @@ def test_policy_matches_a_naive_scan(rules: list[Rule], removed: list[int]) -> N
     for n, k in enumerate(KEYS):
         if k in GROUP_OF:
             groups.setdefault(GROUP_OF[k], []).append(n)
-    policy = AccessPolicy(registry_with(groups), rules)
+    config = Config(groups)
+    policy = AccessPolicy(config.registry, rules)
     kept = list(dict.fromkeys(rules))
     for index in removed:
         if index < len(kept):
-            policy.remove(kept.pop(index))
+            config.submit(RemoveRule(kept.pop(index)))
     for src in KEYS:
         for dst in KEYS:
             assert policy.may_send(src, dst) == naive_may_send(kept, src, dst)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .groups import GroupId, GroupRegistry, Key
+from .groups import ConfigError, ExtensionOperation, GroupId, GroupRegistry, Key
 
 
 class Effect(StrEnum):
@@ -117,11 +117,27 @@ class Rule:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class AddRule(ExtensionOperation):
+    """Configuration operation: add a rule (adding it twice changes nothing)."""
+
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRule(ExtensionOperation):
+    """Configuration operation: remove a rule (ConfigError if it is not there)."""
+
+    rule: Rule
+
+
 class AccessPolicy:
     """The rules, indexed by source selector, over the group memberships of a registry.
 
     Decision, first match wins: a DENY rule matches -> refused; source and destination are
     members of the same group -> allowed; an ALLOW rule matches -> allowed; otherwise refused.
+    Rules change only through the registry's ConfigAgent (AddRule, RemoveRule); ``rules`` given
+    here are the trusted starting set (e.g. restored from the store).
     """
 
     __slots__ = ("_allow", "_deny", "_registry", "_rules")
@@ -132,22 +148,30 @@ class AccessPolicy:
         self._allow: dict[_Sel, set[_Sel]] = {}
         self._deny: dict[_Sel, set[_Sel]] = {}
         for rule in rules:
-            self.add(rule)
+            self._add(rule)
+        registry.add_extension(AddRule, self._apply)
+        registry.add_extension(RemoveRule, self._apply)
 
     def rules(self) -> list[Rule]:
         """The rules, in no particular order (order never matters)."""
         return list(self._rules)
 
-    def add(self, rule: Rule) -> None:
-        """Add ``rule`` (adding it twice changes nothing)."""
+    def _apply(self, operation: ExtensionOperation) -> None:
+        if isinstance(operation, AddRule):
+            self._add(operation.rule)
+        elif isinstance(operation, RemoveRule):
+            if operation.rule not in self._rules:
+                raise ConfigError("no such rule")
+            self._remove(operation.rule)
+
+    def _add(self, rule: Rule) -> None:
         if rule in self._rules:
             return
         self._rules.add(rule)
         index = self._deny if rule.effect is Effect.DENY else self._allow
         index.setdefault(rule.src._internal(), set()).add(rule.dst._internal())
 
-    def remove(self, rule: Rule) -> None:
-        """Remove ``rule``; KeyError if it is not there."""
+    def _remove(self, rule: Rule) -> None:
         self._rules.remove(rule)
         index = self._deny if rule.effect is Effect.DENY else self._allow
         src = rule.src._internal()

@@ -251,7 +251,20 @@ class SetQuorum:
     quorum: Quorum
 
 
-type ConfigOperation = CreateGroup | DeleteGroup | AddMember | RemoveMember | SetQuorum
+class ExtensionOperation:
+    """Base of configuration operations that another component applies (e.g. ACL rules).
+
+    They travel through the same ConfigAgent, so they are authorised like group edits; the
+    registry hands each to the one handler registered for its type.
+    """
+
+    __slots__ = ()
+
+
+type ConfigOperation = (
+    CreateGroup | DeleteGroup | AddMember | RemoveMember | SetQuorum | ExtensionOperation
+)
+type ExtensionHandler = Callable[[ExtensionOperation], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +290,7 @@ class GroupRegistry:
     A key belongs to at most one group, and a node id is unique within its group.
     """
 
-    __slots__ = ("_by_key", "_expiries", "_groups", "_listeners", "_seq", "_token")
+    __slots__ = ("_by_key", "_expiries", "_groups", "_handlers", "_listeners", "_seq", "_token")
 
     def __init__(self) -> None:
         self._groups: dict[GroupId, Group] = {}
@@ -285,6 +298,7 @@ class GroupRegistry:
         self._expiries: list[tuple[float, int, Member]] = []
         self._seq = count()
         self._listeners: list[MembershipListener] = []
+        self._handlers: dict[type[ExtensionOperation], ExtensionHandler] = {}
         self._token: object | None = None
 
     # Reading
@@ -313,6 +327,12 @@ class GroupRegistry:
     def add_listener(self, listener: MembershipListener) -> None:
         """Tell ``listener`` about every change from now on."""
         self._listeners.append(listener)
+
+    def add_extension(self, kind: type[ExtensionOperation], handler: ExtensionHandler) -> None:
+        """Route authorised operations of type ``kind`` to ``handler`` (one handler per type)."""
+        if kind in self._handlers:
+            raise ConfigError(f"{kind.__name__} already has a handler")
+        self._handlers[kind] = handler
 
     # Time
 
@@ -374,6 +394,11 @@ class GroupRegistry:
                 group.quorum = quorum
                 for listener in self._listeners:
                     listener.quorum_changed(group)
+            case ExtensionOperation():
+                handler = self._handlers.get(type(operation))
+                if handler is None:
+                    raise ConfigError(f"nothing applies {type(operation).__name__}")
+                handler(operation)
 
     def _require(self, group_id: GroupId) -> Group:
         group = self._groups.get(group_id)
