@@ -6,7 +6,9 @@ from hypothesis import given, settings, strategies as st
 import pytest
 
 from i4t_gateway.cose import PacketError, Reason
-from i4t_gateway.identity import Address
+from i4t_gateway.endpoint import KeyCache, Receiver, Sender
+from i4t_gateway.identity import Address, Identity
+from i4t_gateway.payloads import Ack, Announce, Data, Reading, StatusRequest
 from i4t_gateway.replay import DedupCache, ReplayGuard, Sequencer
 
 NOW = 1_763_700_000_000
@@ -164,3 +166,95 @@ def test_dedup_matches_a_model(ids: list[bytes], capacity: int) -> None:
         model.append(mid)
         del model[:-capacity]
         assert len(cache) == len(model)
+
+
+# --- the receive pipeline (endpoint.py) -------------------------------------------------------
+
+
+def _nodes(clock: Clock) -> tuple[Sender, Receiver, Identity]:
+    alice = Identity.from_seed(bytes(range(32)))
+    bob = Identity.from_seed(bytes(range(32, 64)))
+    receiver = Receiver(bob, dedup=DedupCache(clock=clock), guard=ReplayGuard(clock=clock))
+    return Sender(alice, clock=clock), receiver, bob
+
+
+def test_receiver_delivers_once_and_flags_duplicates_for_re_ack() -> None:
+    clock = Clock()
+    sender, receiver, bob = _nodes(clock)
+    raw = sender.seal(sender.packet(bob.address, StatusRequest()))
+    first = receiver.receive(raw)
+    assert first.for_me
+    assert not first.duplicate
+    receiver.handled(first)
+    again = receiver.receive(raw)
+    assert again.duplicate
+    assert receiver.dropped[Reason.DUPLICATE] == 1
+
+
+def test_unhandled_packets_are_not_taken_for_duplicates() -> None:
+    """A crash between receive and handled must not turn the retransmission into a drop."""
+    clock = Clock()
+    sender, receiver, bob = _nodes(clock)
+    raw = sender.seal(sender.packet(bob.address, StatusRequest()))
+    receiver.receive(raw)
+    assert not receiver.receive(raw).duplicate
+
+
+def test_receiver_refuses_replays_of_forgotten_message_ids() -> None:
+    clock = Clock()
+    sender, receiver, bob = _nodes(clock)
+    receiver.dedup = DedupCache(capacity=1, clock=clock)
+    old = sender.seal(sender.packet(bob.address, StatusRequest()))
+    receiver.handled(receiver.receive(old))
+    receiver.handled(receiver.receive(sender.seal(sender.packet(bob.address, StatusRequest()))))
+    with pytest.raises(PacketError) as caught:
+        receiver.receive(old)  # its id fell out of the de-dup cache; the window still has it
+    assert caught.value.reason is Reason.REPLAYED
+    assert receiver.dropped[Reason.REPLAYED] == 1
+
+
+def test_receiver_learns_keys_so_later_packets_may_omit_them() -> None:
+    clock = Clock()
+    sender, receiver, bob = _nodes(clock)
+    quiet = Sender(sender.me, clock=clock, include_key=False)
+    with pytest.raises(PacketError):
+        receiver.receive(quiet.seal(quiet.packet(bob.address, StatusRequest())))
+    receiver.receive(
+        sender.seal(sender.packet(Address.BROADCAST, Announce((sender.me.address,), NOW)))
+    )
+    assert receiver.keys.get(sender.me.address) == sender.me.public_bytes
+    assert receiver.receive(quiet.seal(quiet.packet(bob.address, StatusRequest()))).for_me
+    assert receiver.dropped[Reason.UNKNOWN_KEY] == 1
+
+
+def test_receiver_forwards_what_is_not_for_it_without_replay_state() -> None:
+    clock = Clock()
+    sender, receiver, _ = _nodes(clock)
+    other = Address.from_bytes(b"\x01" + bytes(range(16)))
+    inbound = receiver.receive(sender.seal(sender.packet(other, StatusRequest(), hop_max=2)))
+    assert not inbound.for_me
+    receiver.handled(inbound)
+    assert len(receiver.guard) == 0
+    assert receiver.receive(inbound.received.forwarded()).duplicate
+
+
+def test_sender_speaks_for_proxied_things_and_acks() -> None:
+    clock = Clock()
+    sender, receiver, bob = _nodes(clock)
+    packet = sender.packet(bob.address, Data((Reading("t", 1),)), proxied_local_id=b"ble:01")
+    inbound = receiver.receive(sender.seal(packet, encrypt_to=bob.public_bytes))
+    assert inbound.packet == packet
+    assert inbound.packet.src == Address.for_proxied(sender.me.public_bytes, b"ble:01")
+    acked = receiver.receive(sender.ack(bob.address, [packet.message_id]))
+    assert acked.packet.payload == Ack((packet.message_id,))
+
+
+def test_key_cache_is_bounded_and_only_takes_matching_keys() -> None:
+    cache = KeyCache(capacity=1)
+    a, b = Identity.generate(), Identity.generate()
+    cache.learn(a.address, a.public_bytes)
+    cache.learn(b.address, b.public_bytes)
+    assert cache.get(a.address) is None
+    assert cache.get(b.address) == b.public_bytes
+    with pytest.raises(ValueError, match="does not belong"):
+        cache.learn(a.address, b.public_bytes)

@@ -104,7 +104,7 @@ def build(
         payload.TYPE,
         src,
         dst,
-        message_id or new_message_id(),
+        new_message_id() if message_id is None else message_id,
         seq,
         ts_ms,
         payload,
