@@ -122,6 +122,14 @@ def test_first_report_tracks_the_node() -> None:
     assert world.engine.report(key(1), H, now=1.0) == []
 
 
+def test_returned_events_belong_to_their_call() -> None:
+    world = World()
+    returned = world.engine.report(key(1), H, now=0.0)
+    world.group("g", 2)  # configuration events reach the callback only
+    assert returned == [NodeStatusChanged(key(1), None, H)]
+    assert world.events[-1] == GroupStatusChanged("g", None, GroupStatus.DEAD)
+
+
 def test_a_node_cannot_report_itself_dead() -> None:
     with pytest.raises(ValueError, match="cannot report itself dead"):
         World().engine.report(key(1), D, now=0.0)

@@ -207,7 +207,8 @@ class HealthEngine:
         self._nodes: dict[Key, _NodeHealth] = {}
         self._groups: dict[GroupId, _GroupHealth] = {}
         self._deadlines: DeadlineQueue[_NodeHealth] = DeadlineQueue()
-        self._batch: list[StatusEvent] = []
+        # Collects the events of the public call under way; None between calls.
+        self._batch: list[StatusEvent] | None = None
         self._silent = True
         for group in registry.groups():
             self.group_added(group)
@@ -223,19 +224,19 @@ class HealthEngine:
         """
         if status is NodeStatus.DEAD:
             raise ValueError("a node cannot report itself dead; DEAD is declared by timeout")
-        self._batch = []
         node = self._nodes.get(key)
+        if node is not None and now < node.since:
+            return []  # older than what we already know: reordered delivery
+        self._batch = []
         if node is None:
             node = self._track(key, status)
-        elif now < node.since:
-            return []  # older than what we already know: reordered delivery
         # After an outage the gap says only that the interval is at least the timeout.
         cap = self._timeout(node) if node.status is NodeStatus.DEAD else None
         node.learner.heard(now, cap)
         self._set_status(node, status)
         node.since = now
         self._arm(node)
-        return self._batch
+        return self._end()
 
     def expire(self, now: float) -> list[StatusEvent]:
         """Declare DEAD every node not heard within its timeout, end due temporary memberships."""
@@ -244,15 +245,15 @@ class HealthEngine:
         for node in self._deadlines.pop_expired(now):
             node.deadline = math.inf
             self._set_status(node, NodeStatus.DEAD)
-        return self._batch
+        return self._end()
 
     def declare_dead(self, key: Key) -> list[StatusEvent]:
         """A neighbour declared ``key`` DEAD (gossip); it comes back with its next report."""
-        self._batch = []
         node = self._nodes[key]
+        self._batch = []
         self._deadlines.cancel(node)
         self._set_status(node, NodeStatus.DEAD)
-        return self._batch
+        return self._end()
 
     def next_deadline(self) -> float | None:
         """When ``expire`` next has something to do, or None."""
@@ -284,23 +285,23 @@ class HealthEngine:
 
     def mute_node(self, key: Key, muted: bool = True) -> list[StatusEvent]:
         """Silence (or restore) ``key``'s events; unmuting reports a change made while muted."""
-        self._batch = []
         node = self._nodes[key]
+        self._batch = []
         node.muted = muted
         self._refresh_node_quiet(node)
-        return self._batch
+        return self._end()
 
     def mute_group(self, group_id: GroupId, muted: bool = True) -> list[StatusEvent]:
         """Silence (or restore) a group's events and its members'."""
-        self._batch = []
         health = self._groups[group_id]
+        self._batch = []
         health.muted = muted
         group = self._registry.group(group_id)
         if group is not None:
             for member in group:
                 self._refresh_node_quiet(self._nodes[member.key])
         self._refresh_group_quiet(health)
-        return self._batch
+        return self._end()
 
     # Reading
 
@@ -533,10 +534,16 @@ class HealthEngine:
             if old is not health.status:
                 self._emit(GroupStatusChanged(health.group_id, old, health.status), health)
 
+    def _end(self) -> list[StatusEvent]:
+        events = self._batch or []
+        self._batch = None
+        return events
+
     def _emit(self, event: StatusEvent, source: _NodeHealth | _GroupHealth | None) -> None:
         if self._silent or (source is not None and source.quiet_status is not None):
             return
-        self._batch.append(event)
+        if self._batch is not None:
+            self._batch.append(event)
         if self._on_event is not None:
             self._on_event(event)
 
