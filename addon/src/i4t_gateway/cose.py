@@ -10,6 +10,11 @@ The same pass enforces deterministic encoding (RFC 8949 §4.2.1: shortest heads,
 map keys in bytewise order and unique), so one value has exactly one byte string, which the
 signatures and the test vectors rely on. Only then does cbor2 decode.
 
+What cbor2 6.2.1 does alone, measured before writing the scan: nesting beyond its max_depth
+(400) and lengths beyond the input fail fast with CBORDecodeError, without allocating; but it
+returns the first item and ignores trailing bytes, builds cyclic structures from tags 28/29,
+decodes undefined and arbitrary tags, and lets a repeated map key overwrite the earlier one.
+
 Every failure is a :class:`PacketError` whose :class:`Reason` feeds the drop counters.
 """
 

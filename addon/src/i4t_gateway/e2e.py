@@ -83,7 +83,7 @@ def seal(
     ``ephemeral`` exists for test vectors only; leave it unset everywhere else.
     """
     recipient_public = ed25519_public_to_x25519(recipient_ed25519_public)
-    ephemeral_key = ephemeral or X25519PrivateKey.generate()
+    ephemeral_key = X25519PrivateKey.generate() if ephemeral is None else ephemeral
     ephemeral_public = ephemeral_key.public_key().public_bytes_raw()
     # cryptography raises ValueError for an all-zero shared secret (a low-order recipient key).
     shared = ephemeral_key.exchange(X25519PublicKey.from_public_bytes(recipient_public))

@@ -176,10 +176,11 @@ def _public_bytes(public_key: bytes | Ed25519PublicKey) -> bytes:
 class Identity:
     """A private Ed25519 key and the address it owns. Never prints its private bytes."""
 
-    __slots__ = ("_private", "address", "public_bytes")
+    __slots__ = ("_private", "_x25519", "address", "public_bytes")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private = private_key
+        self._x25519: X25519PrivateKey | None = None
         self.public_bytes: bytes = private_key.public_key().public_bytes_raw()
         self.address: Address = Address.for_public_key(self.public_bytes)
 
@@ -208,8 +209,10 @@ class Identity:
         X25519 scalar (RFC 7748 clamps it) it pairs with the birational image of the public key,
         so one key pair serves both signing and key agreement (see e2e.py).
         """
-        seed = self._private.private_bytes_raw()
-        return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+        if self._x25519 is None:
+            seed = self._private.private_bytes_raw()
+            self._x25519 = X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+        return self._x25519
 
     def _private_pem(self) -> bytes:
         return self._private.private_bytes(
