@@ -7,6 +7,8 @@ import math
 from hypothesis import given, settings, strategies as st
 import pytest
 
+from i4t_gateway.groups import GroupRegistry
+from i4t_gateway.health import HealthEngine, NodeStatus, NodeStatusChanged
 from i4t_gateway.timeouts import (
     HISTORY_SIZE,
     DeadlineQueue,
@@ -264,3 +266,50 @@ def test_queue_matches_a_plain_dict(ops: list[tuple[str, int, int]]) -> None:
             expected = min(model.values()) if model else None
             assert queue.next_deadline() == expected
         assert len(queue) == len(model)
+
+
+# The engine's DEAD decisions against a model of the documented formula (docs/HEALTH.md §3)
+
+
+def documented_timeout(gaps: list[float]) -> float:
+    window = gaps[-16:]
+    if not window:
+        return 900.0
+    provisional = 3.0 * max(window)
+    if len(window) < 16:
+        return min(max(provisional, 900.0), 86_400.0)
+    return min(max(provisional, 30.0), 86_400.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(min_value=1, max_value=40_000), st.booleans()),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_engine_declares_dead_by_the_documented_timeout(steps: list[tuple[int, bool]]) -> None:
+    registry = GroupRegistry()
+    engine = HealthEngine(registry)
+    node = b"node"
+    now = 0.0
+    engine.report(node, NodeStatus.HEALTHY, now)
+    gaps: list[float] = []
+    for gap, check_first in steps:
+        timeout = documented_timeout(gaps)
+        assert engine.node_view(node).timeout == timeout
+        assert engine.next_deadline() == now + timeout
+        report_at = now + gap
+        declared = False
+        if check_first:
+            events = engine.expire(report_at)
+            declared = now + timeout <= report_at
+            assert events == (
+                [NodeStatusChanged(node, NodeStatus.HEALTHY, NodeStatus.DEAD)] if declared else []
+            )
+        engine.report(node, NodeStatus.HEALTHY, report_at)
+        # An outage the engine noticed is recorded as the timeout that was in force.
+        gaps.append(min(gap, timeout) if declared else float(gap))
+        now = report_at
+    assert engine.node_view(node).gaps_seen == min(len(gaps), 16)
