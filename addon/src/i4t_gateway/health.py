@@ -189,7 +189,9 @@ class HealthEngine:
     """Node and group health over a GroupRegistry, whose changes it follows as a listener.
 
     Mutating calls return the events they caused (muted ones left out) and also pass each one
-    to ``on_event`` if given. Events caused by configuration changes reach ``on_event`` only.
+    to ``on_event`` if given. Events caused by configuration changes reach ``on_event`` only,
+    except for temporary memberships ending inside ``expire``, which its return includes too.
+    The MembershipListener methods are for the registry to call, not the server.
     """
 
     def __init__(
