@@ -186,6 +186,24 @@ def test_sender_must_sign_its_own_packets() -> None:
         seal_packet(packet_for(StatusRequest()), MALLORY)
 
 
+@pytest.mark.parametrize(
+    ("packet", "message"),
+    [
+        (packet_for(Data(())), "refuse this payload"),
+        (packet_for(Command("x" * 65)), "refuse this payload"),
+        (packet_for(GroupConfig(GROUP, "g", 1, (), quorum=1)), "refuse this payload"),
+        (packet_for(StatusRequest(), seq=-1), "unsigned"),
+        (packet_for(StatusRequest(), ts_ms=2**64), "unsigned"),
+        (packet_for(StatusRequest(), type=PacketType.DATA), "type"),
+        (packet_for(StatusRequest(), hop_max=0), "hop_max"),
+        (packet_for(StatusRequest(), message_id=b"short"), "16 bytes"),
+    ],
+)
+def test_senders_cannot_make_packets_receivers_would_refuse(packet: Packet, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        seal_packet(packet, ALICE)
+
+
 def test_forward_lowers_the_hop_limit_and_keeps_the_signature() -> None:
     raw = seal_packet(packet_for(StatusRequest(), hop_max=2), ALICE)
     once = forward(raw)
@@ -396,7 +414,7 @@ scalars = st.one_of(
     st.floats(allow_nan=False),
     st.text(max_size=20),
 )
-names = st.text(min_size=1, max_size=20)
+names = st.text(min_size=1, max_size=16)  # at most 64 bytes of UTF-8
 addresses = st.builds(
     Address.from_bytes,
     st.tuples(st.sampled_from([b"\x01", b"\x02"]), st.binary(min_size=16, max_size=16)).map(

@@ -120,14 +120,6 @@ def associated_data(packet: Packet) -> bytes:
     )
 
 
-def _payload_item(packet: Packet, sealed: Sealed | None) -> object:
-    if sealed is not None:
-        return {1: sealed.ephemeral_public, 2: sealed.ciphertext}
-    if isinstance(packet.payload, Sealed):
-        return {1: packet.payload.ephemeral_public, 2: packet.payload.ciphertext}
-    return packet.payload.to_cbor()
-
-
 def _body(packet: Packet, *, key: bytes | None, encrypted: bool, payload: object) -> bytes:
     flags = (Flag.PROXIED if packet.proxy else 0) | (Flag.ENCRYPTED if encrypted else 0)
     body: dict[int, object] = {
@@ -165,18 +157,16 @@ def seal_packet(
     without a key lookup (32 bytes); leave it out towards peers that already know the key.
     ``ephemeral`` is for test vectors only.
     """
-    _check_sendable(packet, signer)
-    if isinstance(packet.payload, Sealed):
-        raise ValueError("a sealed payload cannot be re-sealed; forward the received bytes")
-    sealed = None
+    payload = _check_sendable(packet, signer)
+    item: object = payload
     if encrypt_to is not None:
-        plaintext = encode(packet.payload.to_cbor())
-        sealed = seal(plaintext, encrypt_to, associated_data(packet), ephemeral=ephemeral)
+        sealed = seal(encode(payload), encrypt_to, associated_data(packet), ephemeral=ephemeral)
+        item = {1: sealed.ephemeral_public, 2: sealed.ciphertext}
     body = _body(
         packet,
         key=signer.public_bytes if include_key else None,
-        encrypted=sealed is not None,
-        payload=_payload_item(packet, sealed),
+        encrypted=encrypt_to is not None,
+        payload=item,
     )
     hops = packet.hop_max if hop_limit is None else hop_limit
     if not 0 <= hops <= packet.hop_max:
@@ -184,7 +174,14 @@ def seal_packet(
     return sign1(body, signer, {HOP_LIMIT_LABEL: hops})
 
 
-def _check_sendable(packet: Packet, signer: Identity) -> None:
+def _check_sendable(packet: Packet, signer: Identity) -> dict[int, object]:
+    """Refuse to send what receivers would refuse; return the payload map to send."""
+    if isinstance(packet.payload, Sealed):
+        raise ValueError("a sealed payload cannot be re-sealed; forward the received bytes")
+    if packet.type is not packet.payload.TYPE:
+        raise ValueError("the packet type does not match its payload")
+    if not (0 <= packet.seq <= s.MAX_UINT and 0 <= packet.ts_ms <= s.MAX_UINT):
+        raise ValueError("seq and ts_ms are unsigned 64-bit integers")
     if packet.signer != signer.address:
         raise ValueError("the packet's signer is not this identity")
     if packet.proxy and packet.src != Address.for_proxied(
@@ -195,6 +192,12 @@ def _check_sendable(packet: Packet, signer: Identity) -> None:
         raise ValueError(f"hop_max must be 1-{MAX_HOP_LIMIT}")
     if len(packet.message_id) != MESSAGE_ID_SIZE:
         raise ValueError("message ids are 16 bytes")
+    payload = packet.payload.to_cbor()
+    try:
+        parse_payload(packet.type, payload)
+    except PacketError as err:
+        raise ValueError(f"receivers would refuse this payload: {err}") from None
+    return payload
 
 
 @dataclass(frozen=True, slots=True)
