@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import cbor2
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 import pytest
 
 from i4t_gateway import cose
@@ -174,3 +174,18 @@ def test_random_records_raise_only_packet_error(data: bytes) -> None:
     else:
         reason = None
     assert reason is None or isinstance(reason, Reason)
+
+
+LABEL = r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?"
+valid_names = st.from_regex(rf"{LABEL}(\.{LABEL}){{0,3}}", fullmatch=True).filter(
+    lambda name: not name.startswith("i4t")
+)
+
+
+@settings(max_examples=50)
+@given(valid_names, st.integers(0, 2**64 - 1), st.integers(1, MAX_RECORD_LIFETIME_MS))
+def test_any_valid_name_round_trips(name: str, seq: int, lifetime: int) -> None:
+    raw = sign_name_record(OWNER, name, seq=seq, expires_ms=NOW + lifetime)
+    record = verify_name_record(raw, now_ms=NOW)
+    assert (record.name, record.seq, record.expires_ms) == (name, seq, NOW + lifetime)
+    assert record.address == OWNER.address
