@@ -24,6 +24,7 @@ from i4t_gateway.groups import (
     Quorum,
     QuorumKind,
     RemoveMember,
+    ReplaceGroup,
     SetQuorum,
 )
 
@@ -73,6 +74,9 @@ class Recorder:
 
     def member_removed(self, member: Member) -> None:
         self.calls.append(("member_removed", member.node_id))
+
+    def member_changed(self, old: Member, new: Member) -> None:
+        self.calls.append(("member_changed", f"{old.node_id}>{new.node_id}"))
 
 
 # Quorum
@@ -280,3 +284,82 @@ def test_round_trip() -> None:
     submit(restored_agent, DeleteGroup("empty"))
     with pytest.raises(ConfigError):
         restored.config_agent(admin_only)
+
+
+# Replacing a whole group (the group_config packet)
+
+
+def test_replace_creates_then_diffs() -> None:
+    registry, agent = setup()
+    recorder = Recorder()
+    registry.add_listener(recorder)
+    first = (member("g", 1), member("g", 2), member("g", 3))
+    submit(agent, ReplaceGroup("g", Quorum.majority(), first, version=1))
+    group = registry.group("g")
+    assert group is not None
+    assert group.version == 1
+    # node 2 stays as it is, node 1 becomes a seed, node 3 leaves, node 4 joins.
+    second = (member("g", 1, NodeRole.SEED), member("g", 2), member("g", 4))
+    submit(agent, ReplaceGroup("g", Quorum.percent(100), second, version=2))
+    assert recorder.calls == [
+        ("group_added", "g:3"),
+        ("member_removed", "node-3"),
+        ("quorum_changed", "g"),
+        ("member_changed", "node-1>node-1"),
+        ("member_added", "node-4"),
+    ]
+    assert sorted(m.node_id for m in group) == ["node-1", "node-2", "node-4"]
+    assert group.quorum == Quorum.percent(100)
+    assert group.version == 2
+
+
+def test_replace_lets_keys_change_and_swap_node_ids() -> None:
+    registry, agent = setup()
+    first = (Member("g", "a", key(1)), Member("g", "b", key(2)))
+    submit(agent, ReplaceGroup("g", Quorum.majority(), first, version=1))
+    swapped = (Member("g", "b", key(1)), Member("g", "a", key(2)))
+    submit(agent, ReplaceGroup("g", Quorum.majority(), swapped, version=2))
+    assert registry.membership(key(1)) == swapped[0]
+    assert registry.membership(key(2)) == swapped[1]
+    group = registry.group("g")
+    assert group is not None
+    assert group.member("a") == swapped[1]
+
+
+def test_replace_keeps_a_temporary_expiry_only_if_still_temporary() -> None:
+    registry, agent = setup()
+    visitor = member("g", 1, NodeRole.TEMPORARY, expires_at=10.0)
+    submit(agent, ReplaceGroup("g", Quorum.majority(), (visitor,), version=1))
+    submit(agent, ReplaceGroup("g", Quorum.majority(), (member("g", 1),), version=2))
+    assert registry.expire(20.0) == []  # promoted to worker: the old expiry is void
+    assert registry.group_of(key(1)) == "g"
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        ReplaceGroup("g", Quorum.majority(), (member("g", 1),), version=1),  # not newer
+        ReplaceGroup("g", Quorum.majority(), (member("g", 5),), version=0),  # older
+        ReplaceGroup("g", Quorum.majority(), (member("g", 7),), version=2),  # key 7 is in h
+        ReplaceGroup("g", Quorum.fixed(2), (member("g", 1),), version=2),  # quorum > voters
+        ReplaceGroup("g", Quorum.majority(), (member("g", 1), member("g", 1)), version=2),
+        ReplaceGroup("g", Quorum.majority(), (member("h", 1),), version=2),  # names h
+    ],
+)
+def test_invalid_replacements_change_nothing(operation: ReplaceGroup) -> None:
+    registry, agent = setup()
+    submit(agent, ReplaceGroup("g", Quorum.majority(), (member("g", 1),), version=1))
+    submit(agent, CreateGroup("h", members=(member("h", 7),)))
+    before = registry.export()
+    with pytest.raises(ConfigError):
+        submit(agent, operation)
+    assert registry.export() == before
+
+
+def test_version_survives_a_round_trip() -> None:
+    registry, agent = setup()
+    submit(agent, ReplaceGroup("g", Quorum.majority(), (member("g", 1),), version=7))
+    restored = GroupRegistry.restore(registry.export())
+    group = restored.group("g")
+    assert group is not None
+    assert group.version == 7

@@ -27,6 +27,7 @@ from i4t_gateway.groups import (
     Quorum,
     QuorumKind,
     RemoveMember,
+    ReplaceGroup,
     SetQuorum,
 )
 from i4t_gateway.health import (
@@ -567,6 +568,16 @@ OPS = st.one_of(
         st.sampled_from(GROUPS),
         st.one_of(QUORUMS, st.integers(1, 4).map(Quorum.fixed)),
     ),
+    st.tuples(
+        st.just("replace"),
+        st.sampled_from(GROUPS),
+        st.lists(
+            st.tuples(st.sampled_from(NODES), st.sampled_from([None, 12.0])),
+            unique_by=lambda member: member[0],
+            max_size=5,
+        ).map(tuple),
+        st.one_of(QUORUMS, st.integers(1, 3).map(Quorum.fixed)),
+    ),
 )
 
 
@@ -579,6 +590,7 @@ class Harness:
         self.node_view: dict[bytes, NodeStatus | None] = {}
         self.group_view: dict[str, GroupStatus | None] = {}
         self.quiet_before: set[int] = set()
+        self.versions: dict[str, int] = {}
 
     @property
     def engine(self) -> HealthEngine:
@@ -628,9 +640,13 @@ class Harness:
                 self.leave(n)
             case ("create", str() as group_id, Quorum() as quorum) if group_id not in model.groups:
                 model.groups[group_id] = ModelGroup(quorum)
+                self.versions[group_id] = 0
                 self.world.submit(CreateGroup(group_id, quorum))
+            case ("replace", str() as group_id, tuple() as members, Quorum() as quorum):
+                self.replace(group_id, members, quorum)
             case ("delete", str() as group_id) if group_id in model.groups:
                 del model.groups[group_id]
+                self.versions.pop(group_id, None)
                 for n in [n for n, m in model.membership.items() if m[0] == group_id]:
                     del model.membership[n]
                 self.world.submit(DeleteGroup(group_id))
@@ -663,6 +679,39 @@ class Harness:
         self.model.nodes.setdefault(n, ModelNode())
         self.model.membership[n] = (group_id, ttl is not None, expires or 0.0)
         self.world.submit(AddMember(Member(group_id, f"n{n}", key(n), role, expires_at=expires)))
+
+    def replace(
+        self, group_id: str, members: tuple[tuple[int, float | None], ...], quorum: Quorum
+    ) -> None:
+        model = self.model
+        wanted = {n: None if ttl is None else model.now + ttl for n, ttl in members}
+        voters = sum(1 for expires in wanted.values() if expires is None)
+        taken = any(n in model.membership and model.membership[n][0] != group_id for n in wanted)
+        refused = taken or (quorum.kind is QuorumKind.COUNT and quorum.value > voters)
+        version = self.versions.get(group_id, 0) + 1
+        definition = tuple(
+            Member(
+                group_id,
+                f"n{n}",
+                key(n),
+                NodeRole.WORKER if expires is None else NodeRole.TEMPORARY,
+                expires_at=expires,
+            )
+            for n, expires in wanted.items()
+        )
+        try:
+            self.world.submit(ReplaceGroup(group_id, quorum, definition, version))
+        except ConfigError:
+            assert refused
+            return
+        assert not refused
+        self.versions[group_id] = version
+        model.groups.setdefault(group_id, ModelGroup(quorum)).quorum = quorum
+        for n in [n for n, m in model.membership.items() if m[0] == group_id and n not in wanted]:
+            del model.membership[n]
+        for n, expires in wanted.items():
+            model.nodes.setdefault(n, ModelNode())
+            model.membership[n] = (group_id, expires is not None, expires or 0.0)
 
     def set_quorum(self, group_id: str, quorum: Quorum) -> None:
         refused = quorum.kind is QuorumKind.COUNT and quorum.value > len(

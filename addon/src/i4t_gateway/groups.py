@@ -142,11 +142,13 @@ class Member:
 class Group:
     """A node group as the registry holds it; read it, change it through the ConfigAgent."""
 
-    __slots__ = ("_members", "_voters", "group_id", "quorum")
+    __slots__ = ("_members", "_voters", "group_id", "quorum", "version")
 
-    def __init__(self, group_id: GroupId, quorum: Quorum) -> None:
+    def __init__(self, group_id: GroupId, quorum: Quorum, version: int = 0) -> None:
         self.group_id = group_id
         self.quorum = quorum
+        # The configuration version (group_config key 3); a replacement must bring a higher one.
+        self.version = version
         self._members: dict[str, Member] = {}
         self._voters = 0
 
@@ -178,6 +180,7 @@ class Group:
         return {
             "group_id": self.group_id,
             "quorum": self.quorum.export(),
+            "version": self.version,
             "members": [self._members[node_id].export() for node_id in sorted(self._members)],
         }
 
@@ -200,6 +203,9 @@ class MembershipListener(Protocol):
     def member_removed(self, member: Member) -> None:
         """A member left a group (removed, or its temporary membership expired)."""
 
+    def member_changed(self, old: Member, new: Member) -> None:
+        """A member's definition changed (role, class, expiry or node id; same key and group)."""
+
 
 class ConfigError(ValueError):
     """A configuration change that would break an invariant; nothing was changed."""
@@ -219,6 +225,20 @@ class CreateGroup:
     group_id: GroupId
     quorum: Quorum = field(default_factory=Quorum.majority)
     members: tuple[Member, ...] = ()
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceGroup:
+    """Make a group exactly this, creating it if needed: what a group_config packet carries.
+
+    Members whose definition is unchanged stay as they are; the others leave or join.
+    """
+
+    group_id: GroupId
+    quorum: Quorum
+    members: tuple[Member, ...]
+    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +282,13 @@ class ExtensionOperation:
 
 
 type ConfigOperation = (
-    CreateGroup | DeleteGroup | AddMember | RemoveMember | SetQuorum | ExtensionOperation
+    CreateGroup
+    | ReplaceGroup
+    | DeleteGroup
+    | AddMember
+    | RemoveMember
+    | SetQuorum
+    | ExtensionOperation
 )
 type ExtensionHandler = Callable[[ExtensionOperation], None]
 
@@ -376,10 +402,15 @@ class GroupRegistry:
         match operation:
             case CreateGroup():
                 self._create(operation)
+            case ReplaceGroup():
+                self._replace(operation)
             case DeleteGroup(group_id=group_id):
                 self._delete(self._require(group_id))
             case AddMember(member=new_member):
-                self._check_new_member(self._require(new_member.group_id), new_member, ())
+                group = self._require(new_member.group_id)
+                if group.member(new_member.node_id) is not None:
+                    raise ConfigError(f"node id {new_member.node_id!r} is taken")
+                self._check_members(group.group_id, (new_member,), may_own=None)
                 self._add_member(new_member)
             case RemoveMember(group_id=group_id, node_id=node_id):
                 group = self._require(group_id)
@@ -411,11 +442,8 @@ class GroupRegistry:
             raise ConfigError("a group id must not be empty")
         if operation.group_id in self._groups:
             raise ConfigError(f"group {operation.group_id!r} exists")
-        group = Group(operation.group_id, operation.quorum)
-        for index, member in enumerate(operation.members):
-            if member.group_id != group.group_id:
-                raise ConfigError(f"member {member.node_id!r} names another group")
-            self._check_new_member(group, member, operation.members[:index])
+        group = Group(operation.group_id, operation.quorum, operation.version)
+        self._check_members(group.group_id, operation.members, may_own=None)
         self._check_quorum(group, operation.quorum, sum(m.votes for m in operation.members))
         self._groups[group.group_id] = group
         for member in operation.members:
@@ -423,13 +451,67 @@ class GroupRegistry:
         for listener in self._listeners:
             listener.group_added(group)
 
-    def _check_new_member(self, group: Group, member: Member, pending: tuple[Member, ...]) -> None:
-        if group.member(member.node_id) is not None or any(
-            other.node_id == member.node_id for other in pending
-        ):
-            raise ConfigError(f"node id {member.node_id!r} is taken in {group.group_id!r}")
-        if member.key in self._by_key or any(other.key == member.key for other in pending):
-            raise ConfigError("this key already belongs to a group")
+    def _replace(self, operation: ReplaceGroup) -> None:
+        group = self._groups.get(operation.group_id)
+        if group is None:
+            self._create(
+                CreateGroup(
+                    operation.group_id, operation.quorum, operation.members, operation.version
+                )
+            )
+            return
+        if operation.version <= group.version:
+            raise ConfigError(f"version {operation.version} is not newer than {group.version}")
+        self._check_members(group.group_id, operation.members, may_own=group.group_id)
+        self._check_quorum(group, operation.quorum, sum(m.votes for m in operation.members))
+        self._apply_replacement(group, operation)
+
+    def _apply_replacement(self, group: Group, operation: ReplaceGroup) -> None:
+        # Members are matched by key: a key that stays is changed in place, not re-added, so
+        # its health carries over and a muted group stays silent.
+        wanted = {member.key: member for member in operation.members}
+        changed: list[tuple[Member, Member]] = []
+        for member in group:
+            replacement = wanted.get(member.key)
+            if replacement is None:
+                self._remove_member(member)
+            elif replacement != member:
+                changed.append((member, replacement))
+        # All changed members leave the index before any comes back: node ids may be swapped.
+        for old, _ in changed:
+            group._remove(old)
+        for _, new in changed:
+            self._index_member(new)
+        if group.quorum != operation.quorum:
+            group.quorum = operation.quorum
+            for listener in self._listeners:
+                listener.quorum_changed(group)
+        for old, new in changed:
+            for listener in self._listeners:
+                listener.member_changed(old, new)
+        for member in operation.members:
+            if member.key not in self._by_key:
+                self._add_member(member)
+        group.version = operation.version
+
+    def _check_members(
+        self, group_id: GroupId, members: tuple[Member, ...], may_own: GroupId | None
+    ) -> None:
+        """Members for ``group_id``: distinct ids and keys, keys free (or owned by ``may_own``)."""
+        node_ids: set[str] = set()
+        keys: set[Key] = set()
+        for member in members:
+            if member.group_id != group_id:
+                raise ConfigError(f"member {member.node_id!r} names another group")
+            if member.node_id in node_ids:
+                raise ConfigError(f"node id {member.node_id!r} appears twice")
+            if member.key in keys:
+                raise ConfigError("a key appears twice")
+            owner = self._by_key.get(member.key)
+            if owner is not None and owner.group_id != may_own:
+                raise ConfigError("this key already belongs to a group")
+            node_ids.add(member.node_id)
+            keys.add(member.key)
 
     @staticmethod
     def _check_quorum(group: Group, quorum: Quorum, voters: int) -> None:
@@ -449,13 +531,16 @@ class GroupRegistry:
             listener.group_removed(group)
 
     def _add_member(self, member: Member, *, notify: bool = True) -> None:
+        self._index_member(member)
+        if notify:
+            for listener in self._listeners:
+                listener.member_added(member)
+
+    def _index_member(self, member: Member) -> None:
         self._groups[member.group_id]._add(member)
         self._by_key[member.key] = member
         if member.expires_at is not None:
             heapq.heappush(self._expiries, (member.expires_at, next(self._seq), member))
-        if notify:
-            for listener in self._listeners:
-                listener.member_added(member)
 
     def _remove_member(self, member: Member) -> None:
         self._groups[member.group_id]._remove(member)
@@ -480,7 +565,8 @@ class GroupRegistry:
             group_id = str(group_data["group_id"])
             members = tuple(Member.restore(group_id, m) for m in group_data["members"])
             quorum = Quorum.restore(group_data["quorum"])
-            registry._apply(token, CreateGroup(group_id, quorum, members))
+            version = int(group_data.get("version", 0))
+            registry._apply(token, CreateGroup(group_id, quorum, members, version))
         registry._token = None
         return registry
 

@@ -393,6 +393,20 @@ class HealthEngine:
         if health is not None:
             self._recompute(health)
 
+    def member_changed(self, old: Member, new: Member) -> None:
+        """Recount a member whose role or class changed; its health carries over."""
+        del old
+        node = self._nodes[new.key]
+        health = self._groups[new.group_id]
+        if node.votes:
+            health.count(node.status, -1)
+        node.votes = new.votes
+        node.node_class = new.node_class
+        if node.votes:
+            health.count(node.status, +1)
+        self._arm(node)
+        self._recompute(health)
+
     # Persistence
 
     def export(self) -> dict[str, Any]:
