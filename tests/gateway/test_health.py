@@ -168,6 +168,8 @@ def test_declare_dead_by_a_neighbour() -> None:
     assert world.engine.declare_dead(key(1)) == [NodeStatusChanged(key(1), H, D)]
     assert world.engine.next_deadline() is None
     assert world.engine.report(key(1), H, now=1.0) == [NodeStatusChanged(key(1), D, H)]
+    assert world.engine.declare_dead(key(99)) == []  # gossip about a stranger
+    assert world.engine.node_status(key(99)) is None
 
 
 def test_learned_timeout_with_defaults() -> None:

@@ -250,8 +250,13 @@ class HealthEngine:
         return self._end()
 
     def declare_dead(self, key: Key) -> list[StatusEvent]:
-        """A neighbour declared ``key`` DEAD (gossip); it comes back with its next report."""
-        node = self._nodes[key]
+        """A neighbour declared ``key`` DEAD (gossip); it comes back with its next report.
+
+        Gossip about a node this gateway does not track is ignored.
+        """
+        node = self._nodes.get(key)
+        if node is None:
+            return []
         self._batch = []
         self._deadlines.cancel(node)
         self._set_status(node, NodeStatus.DEAD)
