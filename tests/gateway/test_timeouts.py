@@ -313,3 +313,18 @@ def test_engine_declares_dead_by_the_documented_timeout(steps: list[tuple[int, b
         gaps.append(min(gap, timeout) if declared else float(gap))
         now = report_at
     assert engine.node_view(node).gaps_seen == min(len(gaps), 16)
+
+
+def test_engine_heap_stays_bounded_while_timeouts_shrink() -> None:
+    """Learning shortens timeouts (900 s to 30 s): stale entries must not pile up."""
+    engine = HealthEngine(GroupRegistry())
+    keys = [n.to_bytes(4, "big") for n in range(500)]
+    now = 0.0
+    for _ in range(40):
+        for node in keys:
+            engine.report(node, NodeStatus.HEALTHY, now)
+        now += 10.0
+    queue = engine._deadlines
+    assert len(queue) == len(keys)
+    assert queue.heap_size <= len(keys) + len(keys) // 2 + 64
+    assert engine.next_deadline() == now - 10.0 + 30.0
