@@ -10,12 +10,30 @@ from collections.abc import Sequence
 from pathlib import Path
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from version index to index + 1.
 _MIGRATIONS: Sequence[str] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    """,
+    # queue.py: packets waiting for the next hop's ack (AUTOINCREMENT: ids are never reused,
+    # so a forwarder's read cursor never skips a new row), and message ids already handled.
+    """
+    CREATE TABLE hop_queue (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        hop TEXT NOT NULL,
+        message_id BLOB NOT NULL,
+        packet BLOB NOT NULL,
+        enqueued_ms INTEGER NOT NULL,
+        UNIQUE (hop, message_id)
+    ) STRICT;
+    CREATE INDEX hop_queue_by_hop ON hop_queue (hop, id);
+    CREATE TABLE seen_message (
+        message_id BLOB PRIMARY KEY,
+        seen_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX seen_message_by_time ON seen_message (seen_ms);
     """,
 )
 
