@@ -69,6 +69,17 @@ class Mosquitto:
         return config
 
     def start(self) -> None:
+        """Start on self.port; if another process took that port meanwhile, move to a free one.
+
+        free_port() cannot reserve a port, and test runs of several checkouts share loopback.
+        """
+        for _ in range(5):
+            if self._start_once():
+                return
+            self.port = free_port()
+        raise RuntimeError(f"mosquitto would not start; see {self.workdir}")
+
+    def _start_once(self) -> bool:
         config = self._write_config()
         log = (self.workdir / f"mosquitto-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
@@ -77,7 +88,17 @@ class Mosquitto:
             stderr=log,
             env={**os.environ},
         )
-        wait_for_port(self.port)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            return False
+        # Something answered; make sure it is our process and not a neighbour on that port.
+        time.sleep(0.05)
+        if self.process.poll() is not None:
+            self.process = None
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
