@@ -1,14 +1,21 @@
-"""Real brokers for the gateway's tests: Mosquitto on a free loopback port."""
+"""Real brokers for the gateway's tests: Mosquitto on a free loopback port, optionally TLS."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import datetime
+import ipaddress
 import os
 from pathlib import Path
 import shutil
 import socket
 import subprocess
 import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto")
 
@@ -40,6 +47,83 @@ def mosquitto_binary() -> str:
     raise RuntimeError("mosquitto is not installed: run ./scripts/setup")
 
 
+@dataclass(frozen=True)
+class TlsCerts:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost that it signed."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls_certs(directory: Path) -> TlsCerts:
+    """Write a fresh CA and server certificate (EC P-256, valid one day) into directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "i4t test CA")])
+    ca_cert = (
+        _certificate_builder(ca_name, ca_name, ca_key.public_key(), now)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    alt_names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    server_cert = (
+        _certificate_builder(server_name, ca_name, server_key.public_key(), now)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the key identifiers are required.
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    certs = TlsCerts(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    certs.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    certs.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    certs.key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return certs
+
+
+def _certificate_builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey, now: datetime.datetime
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 @dataclass
 class Mosquitto:
     """A Mosquitto process with a config written for the test; restartable on the same port."""
@@ -49,15 +133,32 @@ class Mosquitto:
     # Mosquitto drops messages silently past this queue length (BRIEF section 4): set on purpose.
     max_queued_messages: int = 100_000
     process: subprocess.Popen[bytes] | None = None
+    # With certificates, the only listener speaks TLS (clients must trust tls.ca_file).
+    tls: TlsCerts | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        scheme = "mqtt" if self.tls is None else "mqtts"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        # Run as root (as in CI containers), Mosquitto would switch to its own user, which
+        # cannot read a pytest tmp_path; stay as whoever started it.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        return (
+            f"cafile {self.tls.ca_file}\n"
+            f"certfile {self.tls.cert_file}\n"
+            f"keyfile {self.tls.key_file}\n"
+            f"{user}"
+        )
 
     def _write_config(self) -> Path:
         config = self.workdir / f"mosquitto-{self.port}.conf"
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
+            f"{self._tls_config()}"
             "allow_anonymous true\n"
             "persistence false\n"
             f"max_queued_messages {self.max_queued_messages}\n"

@@ -1,5 +1,7 @@
 """An MQTT client driven by the asyncio event loop, with reconnect and a last will.
 
+The same class serves the local broker (MQTT 3.1.1) and the uplink to a regional router
+(MQTT 5 over TLS with a CA file and optionally a client certificate, links.py).
 paho-mqtt does the protocol; its socket is serviced from the event loop
 (add_reader / add_writer) so that callbacks run on the loop thread and no lock
 is needed anywhere in the gateway. The blocking TCP/TLS connect runs in the
@@ -12,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 import logging
+from pathlib import Path
 import random
 import socket
 import ssl
@@ -27,6 +30,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, bool], None]
 ConnectedHook = Callable[[], Coroutine[Any, Any, None]]
+DisconnectedHook = Callable[[], None]
 
 KEEPALIVE_SECONDS = 30
 MISC_INTERVAL_SECONDS = 1.0
@@ -45,14 +49,40 @@ class LastWill:
     retain: bool = True
 
 
-def next_backoff(previous: float) -> float:
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """What a TLS connection trusts and shows: a CA file (None: the system's CAs) and an
+    optional client certificate with its key."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the broker's certificate and host name."""
+        context = ssl.create_default_context(
+            cafile=None if self.ca_file is None else str(self.ca_file)
+        )
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def next_backoff(previous: float, maximum: float = BACKOFF_MAX_SECONDS) -> float:
     """Exponential backoff with jitter, so that many gateways do not reconnect in lockstep."""
-    base = BACKOFF_FIRST_SECONDS if previous <= 0 else min(previous * 2, BACKOFF_MAX_SECONDS)
+    base = BACKOFF_FIRST_SECONDS if previous <= 0 else min(previous * 2, maximum)
     return base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
 
 
 class MqttBus:
-    """One broker connection: publish, subscribe, reconnect forever until stopped."""
+    """One broker connection: publish, subscribe, reconnect forever until stopped.
+
+    ``mqtt5`` speaks MQTT 5 instead of 3.1.1. With ``broker.tls``, ``tls_files`` says which CA
+    to trust and which client certificate to show (default: the system's CAs, none).
+    ``tcp_nodelay`` (default on) trades some streaming rate for QoS 1 round trips without the
+    Nagle stall. ``max_backoff`` caps the reconnect delay; ``max_inflight`` is paho's limit of
+    unacknowledged QoS 1 publishes on the wire (further ones wait inside paho).
+    """
 
     def __init__(
         self,
@@ -61,10 +91,22 @@ class MqttBus:
         *,
         will: LastWill | None = None,
         on_connected: ConnectedHook | None = None,
+        on_disconnected: DisconnectedHook | None = None,
+        mqtt5: bool = False,
+        tls_files: TlsFiles | None = None,
+        tcp_nodelay: bool = True,
+        max_backoff: float = BACKOFF_MAX_SECONDS,
+        max_inflight: int | None = None,
     ) -> None:
         self._broker = broker
         self._will = will
         self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._mqtt5 = mqtt5
+        self._tls_files = tls_files
+        self._tcp_nodelay = tcp_nodelay
+        self._max_backoff = max_backoff
+        self._max_inflight = max_inflight
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
@@ -80,16 +122,29 @@ class MqttBus:
         return self._connected.is_set()
 
     def _make_client(self, client_id: str) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
+        if self._mqtt5:
+            # MQTT 5 has no clean_session; paho starts clean and asks to resume on reconnects.
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv5,
+            )
+        else:
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=True,
+            )
         if self._broker.username is not None:
             client.username_pw_set(self._broker.username, self._broker.password)
         if self._broker.tls:
-            client.tls_set_context(ssl.create_default_context())
+            files = self._tls_files
+            client.tls_set_context(
+                ssl.create_default_context() if files is None else files.context()
+            )
+        if self._max_inflight is not None:
+            client.max_inflight_messages_set(self._max_inflight)
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
         client.on_connect = self._handle_connect
@@ -151,7 +206,7 @@ class MqttBus:
                 try:
                     await self._connect_once()
                 except (OSError, ssl.SSLError) as err:
-                    delay = next_backoff(delay)
+                    delay = next_backoff(delay, self._max_backoff)
                     _LOGGER.warning(
                         "cannot reach MQTT broker %s (%s); retrying in %.1f s",
                         self._broker.describe(),
@@ -164,7 +219,7 @@ class MqttBus:
             self._disconnected.clear()
             await self._disconnected.wait()
             if not self._stopping:
-                delay = next_backoff(delay)
+                delay = next_backoff(delay, self._max_backoff)
                 await asyncio.sleep(delay)
 
     async def _connect_once(self) -> None:
@@ -237,6 +292,8 @@ class MqttBus:
         self._disconnected.set()
         if was_connected and not self._stopping:
             _LOGGER.warning("lost MQTT broker %s: %s", self._broker.describe(), reason)
+        if was_connected and self._on_disconnected is not None:
+            self._on_disconnected()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         for topic_filter, (_, handler) in self._subscriptions.items():
@@ -261,7 +318,7 @@ class MqttBus:
 
     def _handle_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # Nagle + delayed ACK stall QoS 1 round trips by 40-80 ms (BRIEF section 4).
-        if hasattr(sock, "setsockopt"):
+        if self._tcp_nodelay and hasattr(sock, "setsockopt"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._in_loop(self._watch_reads, sock)
 
