@@ -1,0 +1,394 @@
+"""A fleet of simulated I4T things for demos, tests and benchmarks (script ``i4t-simulator``).
+
+N Wi-Fi things, each an I4T-native node with its own Ed25519 identity, publish signed DATA
+packets on ``i4t/thing/<address>/up`` and answer HEALTH_REQUEST and COMMAND packets that
+arrive on ``i4t/thing/<address>/down``. M BLE things (BTHome v2 plain, BTHome v2 encrypted and
+I4T beacons, in rotation) produce adverts that are sent in batches to the gateway's BLE
+endpoint on ``i4t/<gateway id>/ble/adverts``, the way the HA integration forwards them.
+
+Every thing is healthy, broken, silent or flapping (sim_things.py), set at start with
+``--broken/--silent/--flapping`` counts or ``--state INDEX=STATE``, and at run time by a JSON
+message on ``i4t/sim/<sim id>/control``: ``{"thing": 3, "state": "silent"}`` (``thing`` is an
+index, a native thing's address, a BLE MAC, or ``"all"``). Each applied change is echoed on
+``i4t/sim/<sim id>/event``.
+
+At start the simulator prints one JSON line, its enrolment manifest: every thing's kind,
+address and public key, or MAC with bindkey or beacon key, so the gateway and tests can enrol
+them. Keys derive from ``--seed``: the same seed is the same fleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections import Counter
+from collections.abc import Mapping, Sequence
+import contextlib
+from dataclasses import dataclass, field
+import heapq
+import json
+import logging
+from pathlib import Path
+import signal
+import sys
+import time
+from typing import Any, Final
+
+from . import api
+from .ble import MAX_ADVERTS, Advert, adverts_topic, encode_batch
+from .bus import MqttBus
+from .identity import Address, AddressError
+from .settings import BrokerAddress, SettingsError
+from .sim_things import BleThing, SimThing, ThingState, WifiThing, make_ble, make_wifi
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_THINGS: Final = 1000
+MIN_INTERVAL: Final = 0.05
+MAX_CONTROL_BYTES: Final = 1024
+MAX_BATCH: Final = min(100, MAX_ADVERTS)
+MAX_WAIT: Final = 0.5
+DOWN_FILTER: Final = f"{api.THING_PREFIX}/+/down"
+DISCOVERY_FILTER: Final = f"{api.DISCOVERY_PREFIX}/+"
+
+
+class SimulatorError(ValueError):
+    """A configuration the simulator cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    broker: BrokerAddress
+    gateway_id: str | None = None
+    sim_id: str = "sim"
+    seed: bytes = b"i4t-sim"
+    wifi: int = 3
+    ble: int = 3
+    states: Mapping[int, ThingState] = field(default_factory=dict)
+    interval: float = 5.0
+    jitter: float = 0.2
+    batch_interval: float = 1.0
+    discover_timeout: float = 10.0
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.wifi <= MAX_THINGS and 0 <= self.ble <= MAX_THINGS):
+            raise SimulatorError(f"at most {MAX_THINGS} Wi-Fi and {MAX_THINGS} BLE things")
+        if self.interval < MIN_INTERVAL or self.batch_interval < MIN_INTERVAL:
+            raise SimulatorError(f"intervals are at least {MIN_INTERVAL} s")
+        if not 0 <= self.jitter < 1:
+            raise SimulatorError("jitter is a fraction from 0 to below 1")
+        if not self.sim_id or any(c in self.sim_id for c in "/+#"):
+            raise SimulatorError("the sim id is a single MQTT topic level")
+        for index in self.states:
+            if not 0 <= index < self.wifi + self.ble:
+                raise SimulatorError(f"no thing {index}")
+
+    @property
+    def control_topic(self) -> str:
+        return f"{api.TOPIC_ROOT}/sim/{self.sim_id}/control"
+
+    @property
+    def event_topic(self) -> str:
+        return f"{api.TOPIC_ROOT}/sim/{self.sim_id}/event"
+
+
+def spread_states(
+    wifi: int, ble: int, *, broken: int = 0, silent: int = 0, flapping: int = 0
+) -> dict[int, ThingState]:
+    """Give the counts of non-healthy states to things alternating Wi-Fi and BLE, so both
+    kinds get some: broken first, then silent, then flapping. Indexes: Wi-Fi things are
+    0..wifi-1, BLE things follow."""
+    order = []
+    for i in range(max(wifi, ble)):
+        order += [i] if i < wifi else []
+        order += [wifi + i] if i < ble else []
+    wanted = [ThingState.BROKEN] * broken + [ThingState.SILENT] * silent
+    wanted += [ThingState.FLAPPING] * flapping
+    if len(wanted) > len(order):
+        raise SimulatorError("more non-healthy things asked for than there are things")
+    return dict(zip(order, wanted, strict=False))
+
+
+class Simulator:
+    """The fleet and its MQTT connection; ``run`` until stopped or ``duration`` is over."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.gateway_id = config.gateway_id
+        self.wifi: list[WifiThing] = []
+        self.ble: list[BleThing] = []
+        for index in range(config.wifi):
+            state = config.states.get(index, ThingState.HEALTHY)
+            self.wifi.append(make_wifi(config.seed, index, state))
+        for ble_index in range(config.ble):
+            index = config.wifi + ble_index
+            state = config.states.get(index, ThingState.HEALTHY)
+            self.ble.append(make_ble(config.seed, index, ble_index, state))
+        self._by_address = {t.address: t for t in self.wifi}
+        self._by_mac = {t.mac: t for t in self.ble}
+        self.stats: Counter[str] = Counter()
+        self._bus = MqttBus(config.broker, client_id=f"i4t-sim-{config.sim_id}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._discovered: asyncio.Future[str] | None = None
+        self._pending: list[Advert] = []
+
+    @property
+    def things(self) -> list[SimThing]:
+        return [*self.wifi, *self.ble]
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "sim_id": self.config.sim_id,
+            "gateway_id": self.gateway_id,
+            "control_topic": self.config.control_topic,
+            "event_topic": self.config.event_topic,
+            "things": [
+                *(t.manifest() for t in self.wifi),
+                *(t.manifest() for t in self.ble),
+            ],
+        }
+
+    # -- state changes -----------------------------------------------------------------------
+
+    def set_state(self, selector: object, state: ThingState) -> list[int]:
+        """Apply ``state`` to the things ``selector`` names; returns their indexes."""
+        chosen = self._select(selector)
+        for thing in chosen:
+            thing.state = state
+        return [t.index for t in chosen]
+
+    def _select(self, selector: object) -> list[SimThing]:
+        things = self.things
+        if selector == "all":
+            return things
+        if isinstance(selector, int) and not isinstance(selector, bool):
+            return [things[selector]] if 0 <= selector < len(things) else []
+        if isinstance(selector, str):
+            thing = self._by_address.get(selector.lower()) or self._by_mac.get(selector.upper())
+            return [thing] if thing is not None else []
+        return []
+
+    def handle_control(self, topic: str, payload: bytes, retained: bool) -> None:
+        """``{"thing": <index|address|mac|"all">, "state": <state>}``; bad commands counted."""
+        if retained or len(payload) > MAX_CONTROL_BYTES:
+            self.stats["control_refused"] += 1
+            return
+        try:
+            command = json.loads(payload)
+            state = ThingState(command["state"])
+            changed = self.set_state(command["thing"], state)
+        except (ValueError, KeyError, TypeError):
+            self.stats["control_refused"] += 1
+            return
+        if not changed:
+            self.stats["control_refused"] += 1
+            return
+        self.stats["control_applied"] += 1
+        _LOGGER.info("things %s are now %s", changed, state.value)
+        event = {"things": changed, "state": state.value}
+        self._bus.publish(self.config.event_topic, api.encode(event), qos=1)
+
+    # -- traffic -----------------------------------------------------------------------------
+
+    def handle_down(self, topic: str, payload: bytes, retained: bool) -> None:
+        parts = topic.split("/")
+        thing = self._by_address.get(parts[2]) if len(parts) == 4 else None
+        if thing is None or thing.silent or retained:
+            return
+        for packet in thing.handle_down(payload):
+            self._publish(thing.up, packet, "answers")
+
+    def _publish(self, topic: str, payload: bytes, what: str) -> None:
+        if self._bus.publish(topic, payload, qos=0):
+            self.stats[what] += 1
+        else:
+            self.stats["unsent"] += 1
+
+    def _report(self, thing: SimThing, gateway: Address) -> None:
+        if thing.silent:
+            return
+        if isinstance(thing, WifiThing):
+            self._publish(thing.up, thing.report(gateway), "packets")
+        elif isinstance(thing, BleThing):
+            self._pending.append(thing.advert(time.time()))
+            if len(self._pending) >= MAX_BATCH:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or self.gateway_id is None:
+            return
+        batch, self._pending = self._pending, []
+        self._publish(adverts_topic(self.gateway_id), encode_batch(batch), "batches")
+        self.stats["adverts"] += len(batch)
+
+    def _next_interval(self, thing: SimThing) -> float:
+        jitter = self.config.jitter
+        return self.config.interval * thing.rng.uniform(1 - jitter, 1 + jitter)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Connect, find the gateway if not given, print nothing, send until stopped."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event() if stop is None else stop
+        self._bus.subscribe(self.config.control_topic, self.handle_control)
+        self._bus.subscribe(DOWN_FILTER, self.handle_down, qos=0)
+        await self._bus.start()
+        try:
+            async with asyncio.timeout(self.config.discover_timeout):
+                await self._bus.wait_connected()
+                if self.gateway_id is None:
+                    self.gateway_id = await self._discover()
+            await self.started()
+            await self._send_until_stopped(self._stop)
+        finally:
+            await self._bus.stop()
+
+    async def started(self) -> None:
+        """Called once connected and the gateway is known; the CLI prints the manifest."""
+
+    def request_stop(self) -> None:
+        """Stop from any thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _discover(self) -> str:
+        assert self._loop is not None
+        self._discovered = self._loop.create_future()
+        self._bus.subscribe(DISCOVERY_FILTER, self._handle_announcement, qos=1)
+        return await self._discovered
+
+    def _handle_announcement(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self._discovered is None or self._discovered.done():
+            return
+        with contextlib.suppress(ValueError, AttributeError):
+            info = json.loads(payload)
+            gateway_id = info.get("id")
+            if info.get("role") == "gateway" and isinstance(gateway_id, str):
+                self._discovered.set_result(Address.from_text(gateway_id).text)
+
+    async def _send_until_stopped(self, stop: asyncio.Event) -> None:
+        assert self.gateway_id is not None
+        gateway = Address.from_text(self.gateway_id)
+        now = time.monotonic()
+        ends = None if self.config.duration is None else now + self.config.duration
+        due = [(now + t.rng.uniform(0, self.config.interval), t.index) for t in self.things]
+        heapq.heapify(due)
+        things = self.things
+        next_flush = now + self.config.batch_interval
+        while not stop.is_set():
+            now = time.monotonic()
+            if ends is not None and now >= ends:
+                break
+            while due and due[0][0] <= now:
+                _, index = heapq.heappop(due)
+                thing = things[index]
+                self._report(thing, gateway)
+                heapq.heappush(due, (now + self._next_interval(thing), index))
+            if now >= next_flush:
+                self._flush()
+                next_flush = now + self.config.batch_interval
+            wake = min(due[0][0] if due else next_flush, next_flush)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(max(wake - now, 0.001), MAX_WAIT))
+        self._flush()
+
+
+class _CliSimulator(Simulator):
+    def __init__(self, config: SimConfig, manifest_path: Path | None) -> None:
+        super().__init__(config)
+        self._manifest_path = manifest_path
+
+    async def started(self) -> None:
+        text = json.dumps(self.manifest(), separators=(",", ":"))
+        if self._manifest_path is not None:
+            self._manifest_path.write_text(text + "\n")
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def _state_pair(text: str) -> tuple[int, ThingState]:
+    index, _, state = text.partition("=")
+    try:
+        return int(index), ThingState(state)
+    except ValueError:
+        raise argparse.ArgumentTypeError("INDEX=healthy|broken|silent|flapping") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i4t-simulator", description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--broker", default="mqtt://127.0.0.1:1883", help="mqtt[s]://[user:pw@]host[:port]")
+    add("--gateway-id", help="the gateway's address; default: the first gateway announced")
+    add("--sim-id", default="sim", help="names the control topic i4t/sim/<sim id>/control")
+    add("--seed", default="i4t-sim", help="the same seed makes the same keys and addresses")
+    add("--wifi", type=int, default=3, help="I4T-native Wi-Fi things")
+    add("--ble", type=int, default=3, help="BLE things (BTHome, encrypted BTHome, beacon)")
+    add("--broken", type=int, default=0, help="how many things start broken")
+    add("--silent", type=int, default=0, help="how many things start silent")
+    add("--flapping", type=int, default=0, help="how many things start flapping")
+    add("--state", type=_state_pair, action="append", default=[], help="INDEX=STATE")
+    add("--interval", type=float, default=5.0, help="seconds between reports per thing")
+    add("--jitter", type=float, default=0.2, help="fraction of the interval, random +/-")
+    add("--batch-interval", type=float, default=1.0, help="seconds between advert batches")
+    add("--duration", type=float, help="stop after this many seconds")
+    add("--manifest", type=Path, help="also write the manifest to this file")
+    add("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, Path | None]:
+    args = _parser().parse_args(argv)
+    try:
+        broker = BrokerAddress.from_url(args.broker)
+        gateway_id = None if args.gateway_id is None else Address.from_text(args.gateway_id).text
+    except (SettingsError, AddressError) as err:
+        raise SimulatorError(str(err)) from None
+    states = spread_states(
+        args.wifi, args.ble, broken=args.broken, silent=args.silent, flapping=args.flapping
+    )
+    states.update(dict(args.state))
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    config = SimConfig(
+        broker,
+        gateway_id,
+        args.sim_id,
+        args.seed.encode(),
+        args.wifi,
+        args.ble,
+        states,
+        args.interval,
+        args.jitter,
+        args.batch_interval,
+        duration=args.duration,
+    )
+    return config, args.manifest
+
+
+async def _run(simulator: Simulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await simulator.run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: run the simulator until Ctrl-C, SIGTERM or --duration."""
+    try:
+        config, manifest_path = config_from_args(argv)
+    except SimulatorError as err:
+        sys.stderr.write(f"i4t-simulator: {err}\n")
+        return 2
+    try:
+        asyncio.run(_run(_CliSimulator(config, manifest_path)))
+    except TimeoutError:
+        sys.stderr.write("i4t-simulator: no broker connection or gateway announcement in time\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
