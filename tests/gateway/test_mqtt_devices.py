@@ -580,9 +580,10 @@ async def test_the_brokers_last_will_reports_offline(mosquitto: Mosquitto, tmp_p
         c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
         c.will_set("tele/dev/LWT", b"Offline", qos=1, retain=True)
         c.connect("127.0.0.1", {mosquitto.port})
+        c.loop_start()
         c.publish("tele/dev/LWT", b"Online", qos=1, retain=True).wait_for_publish(5)
         print("up", flush=True)
-        c.loop_forever()
+        time.sleep(60)
         """
     )
     device = await asyncio.create_subprocess_exec(
