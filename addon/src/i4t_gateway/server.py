@@ -1,23 +1,31 @@
-"""The gateway process: identity, store, local broker and bus, wired together and run."""
+"""The gateway process: identity, store, local broker and bus, the mesh core, wired and run."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 
 from . import __version__, api
 from .bus import LastWill, MqttBus
+from .core import GatewayCore
 from .embedded_broker import EmbeddedBroker
 from .identity import load_or_create_identity
 from .settings import Settings
-from .store import open_store, set_meta
+from .store import get_meta, open_store, set_meta
+from .timeouts import TimeoutPolicy
 
 _LOGGER = logging.getLogger(__name__)
 
 KEY_FILE = "gateway.key"
 DATABASE_FILE = "gateway.db"
 ROLE = "gateway"
+CORE_STATE_KEY = "core_state"
+HOUSEKEEPING_SECONDS = 1.0
+SAVE_EVERY_SECONDS = 5.0
+STATE_EVERY_SECONDS = 10.0
 
 
 class GatewayServer:
@@ -31,6 +39,17 @@ class GatewayServer:
         self.topics = api.GatewayTopics(self.gateway_id)
         self.store = open_store(settings.data_dir / DATABASE_FILE)
         self.started_at = time.time()
+        self.core = GatewayCore(
+            self.identity,
+            self._publish,
+            policy=TimeoutPolicy(
+                factor=settings.timeout_factor,
+                floor=settings.timeout_floor,
+                fallback=settings.timeout_fallback,
+            ),
+            saved=self._load_core_state(),
+            now=self.started_at,
+        )
         self._embedded: EmbeddedBroker | None = None
         if settings.uses_embedded_broker:
             self._embedded = EmbeddedBroker(settings.embedded_host, settings.embedded_port)
@@ -40,6 +59,29 @@ class GatewayServer:
             will=LastWill(self.topics.availability, api.OFFLINE),
             on_connected=self._announce,
         )
+        self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
+        self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def _load_core_state(self) -> dict[str, object] | None:
+        saved = get_meta(self.store, CORE_STATE_KEY)
+        return None if saved is None else dict(json.loads(saved))
+
+    def save(self) -> None:
+        """Write groups, things and learned intervals to the database."""
+        set_meta(self.store, CORE_STATE_KEY, json.dumps(self.core.export()))
+
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        # Retained state lost while disconnected is republished on reconnect (_announce).
+        self.bus.publish(topic, payload, qos=1, retain=retain)
+
+    def _on_thing_packet(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not retained:  # a retained packet is stale by definition: replayed by the broker
+            self.core.handle_thing_packet(topic, payload, time.time())
+
+    def _on_request(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not retained:
+            self.core.handle_request(topic, payload, time.time())
 
     async def start(self) -> None:
         """Start the embedded broker (if any) and the bus; does not wait for the broker."""
@@ -47,6 +89,7 @@ class GatewayServer:
         if self._embedded is not None:
             await self._embedded.start()
         await self.bus.start()
+        self._housekeeping = asyncio.create_task(self._keep_house(), name="housekeeping")
         _LOGGER.info("gateway %s started (version %s)", self.identity.address.short(), __version__)
 
     async def _announce(self) -> None:
@@ -60,9 +103,33 @@ class GatewayServer:
         )
         self.bus.publish(self.topics.discovery, api.encode(info), qos=1, retain=True)
         self.bus.publish(self.topics.availability, api.ONLINE, qos=1, retain=True)
+        self.core.publish_everything(time.time())
+
+    async def _keep_house(self) -> None:
+        """Declare silent nodes DEAD on time, save what changed, refresh the gateway's state."""
+        last_save = last_state = time.monotonic()
+        while True:
+            now = time.time()
+            deadline = self.core.next_deadline()
+            delay = HOUSEKEEPING_SECONDS if deadline is None else deadline - now
+            await asyncio.sleep(min(max(delay, 0.0), HOUSEKEEPING_SECONDS))
+            now = time.time()
+            self.core.tick(now)
+            elapsed = time.monotonic()
+            if self.core.dirty and elapsed - last_save >= SAVE_EVERY_SECONDS:
+                self.save()
+                last_save = elapsed
+            if elapsed - last_state >= STATE_EVERY_SECONDS:
+                self.core.publish_gateway_state(now)
+                last_state = elapsed
 
     async def stop(self) -> None:
-        """Mark the gateway offline, disconnect, stop the embedded broker, close the store."""
+        """Save, mark the gateway offline, disconnect, stop the embedded broker, close the store."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        self.save()
         await self.bus.stop(goodbye=(self.topics.availability, api.OFFLINE))
         if self._embedded is not None:
             await self._embedded.stop()

@@ -65,6 +65,9 @@ class Settings:
     embedded_port: int = DEFAULT_EMBEDDED_PORT
     name: str = "I4T Gateway"
     log_level: str = "info"
+    timeout_factor: float = 3.0
+    timeout_floor: float = 30.0
+    timeout_fallback: float = 900.0
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -110,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", default=env("I4T_NAME", "I4T Gateway"), help="display name")
     parser.add_argument(
+        "--timeout-factor",
+        type=float,
+        default=float(env("I4T_TIMEOUT_FACTOR", "3")),
+        help="a node is DEAD after this many times its largest learned reporting gap",
+    )
+    parser.add_argument(
+        "--timeout-floor",
+        type=float,
+        default=float(env("I4T_TIMEOUT_FLOOR", "30")),
+        help="seconds: no node is declared DEAD sooner than this after it was last heard",
+    )
+    parser.add_argument(
+        "--timeout-fallback",
+        type=float,
+        default=float(env("I4T_TIMEOUT_FALLBACK", "900")),
+        help="seconds: the timeout used until a node's interval is learned",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=env("I4T_LOG_LEVEL", "info"),
@@ -126,6 +147,10 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         raise SettingsError(f"embedded broker port out of range: {args.embedded_port}")
     if args.log_level not in LOG_LEVELS:
         raise SettingsError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+    if not args.timeout_factor >= 1:
+        raise SettingsError("the timeout factor must be at least 1")
+    if not 0 < args.timeout_floor <= args.timeout_fallback:
+        raise SettingsError("need 0 < timeout floor <= timeout fallback")
     return Settings(
         data_dir=args.data_dir,
         broker=broker,
@@ -133,4 +158,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         embedded_port=args.embedded_port,
         name=args.name,
         log_level=args.log_level,
+        timeout_factor=args.timeout_factor,
+        timeout_floor=args.timeout_floor,
+        timeout_fallback=args.timeout_fallback,
     )
