@@ -24,15 +24,15 @@ from .mqtt_probe import Probe
 _request_ids = itertools.count(1)
 
 
-def fast_settings(data_dir: Path, broker_url: str) -> Settings:
+def fast_settings(data_dir: Path, broker_url: str, **overrides: Any) -> Settings:
     """Timeouts short enough to watch nodes die within a test."""
-    return Settings(
-        data_dir=data_dir,
-        broker=BrokerAddress.from_url(broker_url),
-        timeout_factor=2.0,
-        timeout_floor=0.6,
-        timeout_fallback=0.6,
-    )
+    values: dict[str, Any] = {
+        "timeout_factor": 2.0,
+        "timeout_floor": 0.6,
+        "timeout_fallback": 0.6,
+        **overrides,
+    }
+    return Settings(data_dir=data_dir, broker=BrokerAddress.from_url(broker_url), **values)
 
 
 async def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -72,6 +72,11 @@ class NativeThing:
     def received(self) -> list[bytes]:
         topic = api.thing_down(self.address.text)
         return [p for t, p, _ in self.probe.messages if t == topic]
+
+    def payloads(self, kind: type[Payload]) -> list[Any]:
+        """What the gateway sent this thing, of one payload type, as opened packets."""
+        opened = [open_packet(raw, recipient=self.identity).packet for raw in self.received()]
+        return [packet for packet in opened if isinstance(packet.payload, kind)]
 
     def acked(self, message_id: bytes) -> bool:
         for raw in self.received():

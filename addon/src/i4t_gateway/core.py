@@ -17,6 +17,7 @@ from typing import Any
 
 from . import api
 from .acl import AccessPolicy
+from .agents import AgentSettings, StatusAgent
 from .commands import (
     ApiError,
     Enroll,
@@ -55,7 +56,7 @@ from .health import (
     StatusEvent,
 )
 from .identity import Address, AddressError, Identity
-from .payloads import Command, Data, HealthResponse, NodeHealth, PacketType
+from .payloads import Command, Data, HealthResponse, NodeHealth, PacketType, Payload
 from .things import EnrolmentError, Thing, ThingKind, Things
 from .timeouts import TimeoutPolicy
 
@@ -99,6 +100,7 @@ class GatewayCore:
         publish: Publish,
         *,
         policy: TimeoutPolicy | None = None,
+        agent_settings: AgentSettings | None = None,
         saved: dict[str, Any] | None = None,
         now: float = 0.0,
     ) -> None:
@@ -129,6 +131,23 @@ class GatewayCore:
             self.acl = AccessPolicy(self.registry)
             self.health = HealthEngine(self.registry, policy=policy, on_event=self._on_event)
         self._agent = self.registry.config_agent(self._authorize)
+        self.agents = StatusAgent(
+            identity.public_bytes,
+            self.registry,
+            self.health,
+            self._is_native,
+            self._send_packet,
+            settings=agent_settings,
+        )
+
+    def _is_native(self, address: Address) -> bool:
+        thing = self.things.get(address)
+        return thing is not None and thing.kind is ThingKind.NATIVE
+
+    def _send_packet(self, to: Address, payload: Payload) -> None:
+        """A packet from the gateway to one of its native things."""
+        packet = self.sender.packet(to, payload)
+        self._publish(api.thing_down(to.text), self.sender.seal(packet), False)
 
     def _authorize(self, request: ConfigRequest) -> bool:
         # The local API is the configuration agent's UI: requests from it carry the gateway's
@@ -280,11 +299,14 @@ class GatewayCore:
         """Declare silent nodes DEAD and end due temporary memberships; call at next_deadline()."""
         self._dirty_groups.update(member.group_id for member in self._expiring(now))
         self.health.expire(now)
+        self.agents.tick(now)
         self._show_quiet_changes()
         self._flush_groups()
 
-    def next_deadline(self) -> float | None:
-        return self.health.next_deadline()
+    def next_deadline(self) -> float:
+        health = self.health.next_deadline()
+        agents = self.agents.next_due()
+        return agents if health is None else min(health, agents)
 
     def _expiring(self, now: float) -> list[Member]:
         return [
@@ -394,6 +416,8 @@ class GatewayCore:
             self.counters.acked += 1
             self.heard(thing, now)
         else:
+            if not self.agents.handle(inbound.packet):
+                self.counters.dropped["unsupported_type"] += 1
             self.heard(thing, now)
 
     def _route_local(self, inbound: Inbound) -> bool:

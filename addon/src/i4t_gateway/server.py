@@ -9,6 +9,7 @@ import logging
 import time
 
 from . import __version__, api
+from .agents import AgentSettings
 from .bus import LastWill, MqttBus
 from .core import GatewayCore
 from .embedded_broker import EmbeddedBroker
@@ -46,6 +47,11 @@ class GatewayServer:
                 factor=settings.timeout_factor,
                 floor=settings.timeout_floor,
                 fallback=settings.timeout_fallback,
+            ),
+            agent_settings=AgentSettings(
+                health_poll_seconds=settings.health_poll_seconds,
+                refresh_seconds=settings.status_refresh_seconds,
+                gossip_seconds=settings.gossip_seconds,
             ),
             saved=self._load_core_state(),
             now=self.started_at,
@@ -110,8 +116,7 @@ class GatewayServer:
         last_save = last_state = time.monotonic()
         while True:
             now = time.time()
-            deadline = self.core.next_deadline()
-            delay = HOUSEKEEPING_SECONDS if deadline is None else deadline - now
+            delay = self.core.next_deadline() - now
             await asyncio.sleep(min(max(delay, 0.0), HOUSEKEEPING_SECONDS))
             now = time.time()
             self.core.tick(now)

@@ -68,6 +68,9 @@ class Settings:
     timeout_factor: float = 3.0
     timeout_floor: float = 30.0
     timeout_fallback: float = 900.0
+    health_poll_seconds: float = 300.0
+    status_refresh_seconds: float = 900.0
+    gossip_seconds: float = 60.0
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -131,6 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds: the timeout used until a node's interval is learned",
     )
     parser.add_argument(
+        "--health-poll-seconds",
+        type=float,
+        default=float(env("I4T_HEALTH_POLL_SECONDS", "300")),
+        help="how often native group members are asked for their health",
+    )
+    parser.add_argument(
+        "--status-refresh-seconds",
+        type=float,
+        default=float(env("I4T_STATUS_REFRESH_SECONDS", "900")),
+        help="how often native group members are asked for a status refresh",
+    )
+    parser.add_argument(
+        "--gossip-seconds",
+        type=float,
+        default=float(env("I4T_GOSSIP_SECONDS", "60")),
+        help="how often the seeds of each group are gossiped to its members",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=env("I4T_LOG_LEVEL", "info"),
@@ -151,6 +172,9 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         raise SettingsError("the timeout factor must be at least 1")
     if not 0 < args.timeout_floor <= args.timeout_fallback:
         raise SettingsError("need 0 < timeout floor <= timeout fallback")
+    for interval in ("health_poll_seconds", "status_refresh_seconds", "gossip_seconds"):
+        if not getattr(args, interval) > 0:
+            raise SettingsError(f"--{interval.replace('_', '-')} must be positive")
     return Settings(
         data_dir=args.data_dir,
         broker=broker,
@@ -161,4 +185,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         timeout_factor=args.timeout_factor,
         timeout_floor=args.timeout_floor,
         timeout_fallback=args.timeout_fallback,
+        health_poll_seconds=args.health_poll_seconds,
+        status_refresh_seconds=args.status_refresh_seconds,
+        gossip_seconds=args.gossip_seconds,
     )
