@@ -408,8 +408,9 @@ class GatewayCore:
         payload = inbound.packet.payload
         if isinstance(payload, Data):
             readings = [(r.name, r.value, r.unit, None) for r in payload.readings]
-            status = None if payload.health is None else _REPORTED[payload.health]
-            self.heard(thing, now, status=status, readings=readings)
+            # PROTOCOL.md: a data packet without a health field says "healthy".
+            health = payload.health or NodeHealth.HEALTHY
+            self.heard(thing, now, status=_REPORTED[health], readings=readings)
         elif isinstance(payload, HealthResponse) and payload.subject is None:
             self.heard(thing, now, status=_REPORTED.get(payload.health))
         elif inbound.packet.type is PacketType.ACK:
