@@ -307,6 +307,8 @@ class MqttBus:
     def _in_loop(self, func: Callable[..., Any], *args: Any) -> None:
         """Run func on the loop thread: directly when already there, else by a thread-safe hop."""
         assert self._loop is not None
+        if self._loop.is_closed():  # paho closing its socket at garbage collection, after stop
+            return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -9,8 +9,9 @@ design; in short:
   milliseconds after the first write or as soon as enough rows are waiting. A caller that needs
   durability (before acking the hop it received from) awaits :meth:`GroupCommit.committed`.
 * :class:`PacketQueue` keeps the packets of every next hop in one table, bounded in rows and
-  bytes per hop. When a hop's queue is full, new packets are refused (:class:`QueueFullError`, which
-  the local sender can surface); a stored packet is never dropped to make room.
+  bytes per hop. When a hop's queue is full, new packets are refused
+  (:class:`QueueFullError`, which the local sender can surface); a stored packet is never
+  dropped to make room.
 * :class:`Outbox` sends one hop's packets over any transport: an in-flight window, and per
   packet retransmission with exponential backoff and jitter until the ack arrives.
 * :class:`PersistentDedup` is the receiver's de-duplication set (``replay.DedupCache``) backed
@@ -259,6 +260,11 @@ class PacketQueue:
             "SELECT hop, count(*), coalesce(sum(length(packet)), 0) FROM hop_queue GROUP BY hop"
         )
         self._depth = {str(hop): _Depth(int(n), int(size)) for hop, n, size in rows}
+
+    @property
+    def commits(self) -> GroupCommit:
+        """The group commit this queue writes through (await its ``committed()`` before acking)."""
+        return self._commits
 
     def on_committed(self, hop: str, listener: HopListener) -> None:
         """Call ``listener`` whenever new packets for ``hop`` became durable (and readable)."""
