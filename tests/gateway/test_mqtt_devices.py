@@ -33,6 +33,7 @@ from i4t_gateway.mqtt_devices import (
     ValuePath,
     ValueSpec,
     ValueType,
+    definition_for_enrolment,
     definition_from_json,
     definition_from_template,
     definitions_from_json,
@@ -43,6 +44,7 @@ from i4t_gateway.mqtt_devices import (
     tasmota_sensor,
 )
 from i4t_gateway.settings import BrokerAddress
+from i4t_gateway.things import Things
 
 from .api_schemas import validator
 from .brokers import Mosquitto
@@ -311,6 +313,19 @@ def test_templates_from_add_on_options() -> None:
             definition_from_template(bad)
 
 
+def test_definitions_for_enrolment_take_id_and_name_from_the_command() -> None:
+    device = tasmota_sensor("plug", topic="plug").to_json()
+    del device["id"], device["name"]
+    definition = definition_for_enrolment("kitchen", "Kitchen plug", device)
+    assert (definition.local_id, definition.name) == ("kitchen", "Kitchen plug")
+    same = definition_for_enrolment("kitchen", "Kitchen plug", definition.to_json())
+    assert same == definition
+    with pytest.raises(DefinitionError, match="differs"):
+        definition_for_enrolment("other", "Kitchen plug", definition.to_json())
+    with pytest.raises(DefinitionError):
+        definition_for_enrolment("kitchen", "Kitchen plug", [])  # type: ignore[arg-type]
+
+
 # -- proxy identity ------------------------------------------------------------------------------
 
 
@@ -329,6 +344,29 @@ def test_proxied_address_is_bound_to_the_gateway_and_namespaced() -> None:
     assert Address.for_proxied(gateway.public_key, proxy.local_id) == address
     with pytest.raises(DefinitionError):
         proxied_address(gateway.public_key, "x" * 60)
+
+
+def test_the_thing_registry_gives_adopted_devices_the_same_address() -> None:
+    gateway = Identity.from_seed(bytes(range(32)))
+    things = Things(gateway.public_bytes)
+    thing = things.enrol_mqtt("kitchen-plug", {}, "Kitchen plug", now=0.0)
+    assert thing.address == proxied_address(gateway.public_key, "kitchen-plug")
+
+
+def test_online_carries_the_last_reported_status() -> None:
+    adapter, events = collecting_adapter(shelly_gen2("s", device_id="sh"))
+    adapter.handle("sh/online", b"true", True)
+    adapter.handle(
+        "sh/status/switch:0", json.dumps({**SHELLY_SWITCH, "errors": ["x"]}).encode(), False
+    )
+    adapter.handle("sh/online", b"false", False)
+    adapter.handle("sh/online", b"true", False)
+    assert [(e.kind.value, e.status) for e in events] == [
+        ("online", NodeStatus.HEALTHY),
+        ("state", NodeStatus.BROKEN),
+        ("offline", None),
+        ("online", NodeStatus.BROKEN),
+    ]
 
 
 # -- the adapter on messages -----------------------------------------------------------------------
@@ -495,7 +533,7 @@ async def adopted(
 
 
 def kinds(events: list[DeviceEvent]) -> list[str]:
-    return [e.kind.value if e.status is None else e.status.value for e in events]
+    return [e.status.value if e.kind is DeviceEventKind.STATE else e.kind.value for e in events]
 
 
 async def test_tasmota_device_over_mosquitto(

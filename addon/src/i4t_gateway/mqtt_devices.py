@@ -14,6 +14,17 @@ Payloads are untrusted: anything malformed is dropped and counted in ``DeviceAda
 and nothing raises out of the message handler. Values are found with a small path syntax
 (``ENERGY.Power``, ``$.temperature``, ``list[0].value``), never by evaluating code.
 
+How the server feeds the health engine from the events (the node key is
+``proxied_address(gateway key, local_id).bytes``):
+
+- STATE, not retained: the device was heard now, saying ``status`` (HEALTHY or BROKEN) and
+  ``readings``. Retained STATE messages are the broker's memory, possibly hours old: show their
+  readings, but do not count them as the device being heard.
+- ONLINE: heard now (when not retained); ``status`` is the last status its state reported, so
+  a device that was BROKEN stays BROKEN until a clean state says otherwise.
+- OFFLINE: the device's last will or its own goodbye: declare it DEAD now rather than waiting
+  for its timeout. A retained OFFLINE at start-up means it was already gone.
+
 The JSON form of a definition is specified by ``schemas/mqtt_device.schema.json``;
 :func:`definition_from_json` checks the same rules without a schema library (the gateway has no
 such dependency) and :meth:`MqttDeviceDefinition.to_json` writes that form back.
@@ -83,7 +94,8 @@ class DeviceEventKind(StrEnum):
     STATE = "state"
     """A state message: readings and the device's reported status (healthy or broken)."""
     ONLINE = "online"
-    """The availability topic says online: a sign of life, with no readings."""
+    """The availability topic says online: a sign of life, with no readings; ``status`` is the
+    last status the device's state reported."""
     OFFLINE = "offline"
     """The availability topic says offline (usually the device's MQTT last will)."""
 
@@ -352,6 +364,19 @@ def definition_from_json(document: object) -> MqttDeviceDefinition:
     )
 
 
+def definition_for_enrolment(
+    local_id: str, name: str, device: Mapping[str, Any]
+) -> MqttDeviceDefinition:
+    """The definition of an ``enroll`` command of kind mqtt (docs/API.md): ``id`` and ``name``
+    come from the command; the ``device`` object may repeat them, but must then agree."""
+    if not isinstance(device, Mapping):
+        raise DefinitionError("device must be an object")
+    for field_name, value in (("id", local_id), ("name", name)):
+        if field_name in device and device[field_name] != value:
+            raise DefinitionError(f"device.{field_name} differs from the command's {field_name}")
+    return definition_from_json({**device, "id": local_id, "name": name})
+
+
 def definitions_from_json(document: object) -> list[MqttDeviceDefinition]:
     """A list of definitions; ids must be unique."""
     definitions = [
@@ -513,7 +538,8 @@ class Reading:
 class DeviceEvent:
     """What one message from a device means for the gateway.
 
-    ``status`` is set for STATE events only. ``faults`` lists every fault currently reported
+    ``status`` is set for STATE and ONLINE events, None for OFFLINE (the health engine decides
+    DEAD, see the module docstring). ``faults`` lists every fault currently reported
     over all the device's state topics (so BROKEN clears only when each topic is clean again).
     ``retained`` events were stored by the broker: at subscribe time they may be hours old, so
     the health engine should not count them as the device being heard now.
@@ -595,7 +621,16 @@ class DeviceAdapter:
             kind = DeviceEventKind.OFFLINE
         else:
             raise _Malformed("unknown_availability")
-        return DeviceEvent(self.definition.local_id, kind, topic, retained)
+        if kind is DeviceEventKind.OFFLINE:
+            return DeviceEvent(self.definition.local_id, kind, topic, retained)
+        return DeviceEvent(
+            self.definition.local_id,
+            kind,
+            topic,
+            retained,
+            status=self.status,
+            faults=self.faults,
+        )
 
     def _state_event(self, state: StateTopic, payload: bytes, retained: bool) -> DeviceEvent:
         document = _decode_document(state.format, payload)
