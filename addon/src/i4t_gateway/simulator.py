@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import heapq
 import json
 import logging
+import os
 from pathlib import Path
 import signal
 import sys
@@ -239,6 +240,7 @@ class Simulator:
         try:
             async with asyncio.timeout(self.config.discover_timeout):
                 await self._bus.wait_connected()
+                await self._subscribed()
                 if self.gateway_id is None:
                     self.gateway_id = await self._discover()
             await self.started()
@@ -253,6 +255,24 @@ class Simulator:
         """Stop from any thread."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _subscribed(self) -> None:
+        """Return once the broker has our subscriptions: it handles a client's packets in
+        order, so a message to ourselves on a topic subscribed last proves the ones before."""
+        assert self._loop is not None
+        echo: asyncio.Future[None] = self._loop.create_future()
+        nonce = os.urandom(8).hex().encode()
+
+        def heard(topic: str, payload: bytes, retained: bool) -> None:
+            if payload == nonce and not echo.done():
+                echo.set_result(None)
+
+        topic = f"{api.TOPIC_ROOT}/sim/{self.config.sim_id}/ready"
+        self._bus.subscribe(topic, heard, qos=1)
+        while not echo.done():
+            self._bus.publish(topic, nonce, qos=1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(echo), 0.5)
 
     async def _discover(self) -> str:
         assert self._loop is not None
