@@ -83,17 +83,22 @@ async def test_put_is_durable_once_committed_and_batched(tmp_path: Path) -> None
     assert rows[7].data == b"p7"
 
 
-async def test_same_message_id_is_stored_once(conn: sqlite3.Connection) -> None:
-    queue = PacketQueue(GroupCommit(conn))
+async def test_a_message_id_queued_twice_is_sent_once(conn: sqlite3.Connection) -> None:
+    commits = GroupCommit(conn, interval=0)
+    queue = PacketQueue(commits)
+    link = Link()
+    outbox = Outbox(queue, HOP, link.send)
     await queue.put(HOP, mid(1), b"x")
     await queue.put(HOP, mid(1), b"x")
-    queue.put(HOP, mid(2), b"y")
-    await queue.put(HOP, mid(2), b"y")
-    assert queue.duplicates == 2
-    assert queue.depth(HOP) == (2, 2)
-    assert conn.execute("SELECT count(*) FROM hop_queue").fetchone()[0] == 2
     await queue.put("other-hop", mid(1), b"x")  # another hop is another queue
+    outbox.pump()
+    assert link.sent == [b"x"]
+    assert outbox.counters.duplicates == 1
+    outbox.acked(mid(1))
+    await commits.committed()
+    assert queue.depth(HOP) == (0, 0)
     assert queue.depth("other-hop") == (1, 1)
+    assert conn.execute("SELECT count(*) FROM hop_queue").fetchone()[0] == 1
 
 
 async def test_full_queue_refuses_new_packets_and_keeps_stored_ones(

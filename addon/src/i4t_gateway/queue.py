@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 import logging
 import random
@@ -36,7 +36,7 @@ from .replay import DEFAULT_DEDUP_CAPACITY, DEFAULT_MAX_AGE_MS, Clock, DedupCach
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_COMMIT_INTERVAL: Final = 0.004
+DEFAULT_COMMIT_INTERVAL: Final = 0.002
 """Seconds a write may wait for company before its transaction commits."""
 DEFAULT_COMMIT_ROWS: Final = 256
 """A transaction commits at once when this many rows are waiting."""
@@ -54,7 +54,7 @@ _SEND_RETRY_SECONDS: Final = 0.05  # the transport refused a send although the l
 _MIN_WAIT_SECONDS: Final = 0.002
 
 _INSERT_PACKET: Final = (
-    "INSERT OR IGNORE INTO hop_queue (hop, message_id, packet, enqueued_ms) VALUES (?, ?, ?, ?)"
+    "INSERT INTO hop_queue (hop, message_id, packet, enqueued_ms) VALUES (?, ?, ?, ?)"
 )
 _DELETE_PACKET: Final = "DELETE FROM hop_queue WHERE id = ?"
 _INSERT_SEEN: Final = "INSERT OR REPLACE INTO seen_message (message_id, seen_ms) VALUES (?, ?)"
@@ -82,8 +82,9 @@ class QueueFullError(ForwardError):
 # -- group commit ----------------------------------------------------------------------------
 
 
-CommitListener = Callable[[bool], None]
-"""Called on the loop thread after each flush: True if it committed, False if rolled back."""
+CommitListener = Callable[[bool, Mapping[str, int]], None]
+"""Called on the loop thread after each flush: whether it committed (False: rolled back), and
+how many rows each statement changed (``executemany`` row counts, by SQL text)."""
 
 
 class GroupCommit:
@@ -166,32 +167,34 @@ class GroupCommit:
             return
         runs, rows, waiter = self._runs, self._rows, self._waiter
         self._runs, self._rows, self._waiter = [], 0, None
-        ok = self._execute(runs)
+        changes = self._execute(runs)
+        ok = changes is not None
         if ok:
             self.commits += 1
             self.rows_committed += rows
         for listener in self._listeners:
-            listener(ok)
+            listener(ok, changes or {})
         if waiter is not None and not waiter.done():
             if ok:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(QueueError("the batch was rolled back"))
 
-    def _execute(self, runs: list[tuple[str, list[Sequence[object]]]]) -> bool:
+    def _execute(self, runs: list[tuple[str, list[Sequence[object]]]]) -> dict[str, int] | None:
         conn = self.connection
+        changes: Counter[str] = Counter()
         try:
             conn.execute("BEGIN")
             for sql, params in runs:
-                conn.executemany(sql, params)
+                changes[sql] += conn.executemany(sql, params).rowcount
             conn.execute("COMMIT")
         except sqlite3.Error:
             self.failures += 1
             _LOGGER.exception("queue commit failed; its packets are refused")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return False
-        return True
+            return None
+        return changes
 
     def _retry_later(self) -> None:
         try:
@@ -247,11 +250,9 @@ class PacketQueue:
         self.limits = QueueLimits() if limits is None else limits
         self._clock = clock
         self._depth: dict[str, _Depth] = {}
-        self._unflushed: set[tuple[str, bytes]] = set()
         self._unflushed_hops: set[str] = set()
         self._listeners: dict[str, list[HopListener]] = {}
         self.refused: Counter[str] = Counter()
-        self.duplicates = 0
         self._load_depths()
         commits.add_listener(self._on_flush)
 
@@ -273,30 +274,20 @@ class PacketQueue:
     def put(self, hop: str, message_id: bytes, data: bytes) -> asyncio.Future[None]:
         """Queue a sealed packet for ``hop``; the future resolves once it is durable.
 
-        Raises :class:`QueueFullError` when the hop is at its limit. Putting a message id that is
-        already queued for the hop stores nothing new (it is the same packet).
+        Raises :class:`QueueFullError` when the hop is at its limit. No lookup checks whether
+        the message id is queued already (receivers de-duplicate before they forward, and an
+        index on random ids would make every commit several times dearer); a second copy is
+        dropped by the outbox when it meets the first.
         """
-        if self._is_queued(hop, message_id):
-            self.duplicates += 1
-            return self._commits.committed()
         depth = self._depth.setdefault(hop, _Depth())
         if depth.rows >= self.limits.max_rows or depth.bytes + len(data) > self.limits.max_bytes:
             self.refused["queue_full"] += 1
             raise QueueFullError(hop)
         depth.rows += 1
         depth.bytes += len(data)
-        self._unflushed.add((hop, message_id))
         self._unflushed_hops.add(hop)
         self._commits.write(_INSERT_PACKET, (hop, message_id, data, self._clock()))
         return self._commits.committed()
-
-    def _is_queued(self, hop: str, message_id: bytes) -> bool:
-        if (hop, message_id) in self._unflushed:
-            return True
-        row = self._conn.execute(
-            "SELECT 1 FROM hop_queue WHERE hop = ? AND message_id = ?", (hop, message_id)
-        ).fetchone()
-        return row is not None
 
     def remove(self, packet: QueuedPacket) -> None:
         """Forget a packet its hop acked (or that expired); the delete commits with the batch."""
@@ -323,9 +314,9 @@ class PacketQueue:
     def hops(self) -> list[str]:
         return [hop for hop, depth in self._depth.items() if depth.rows]
 
-    def _on_flush(self, committed: bool) -> None:
+    def _on_flush(self, committed: bool, changes: Mapping[str, int]) -> None:
+        del changes
         hops = self._unflushed_hops
-        self._unflushed = set()
         self._unflushed_hops = set()
         if not committed:
             # The rolled-back rows are gone; count again from what the file holds.
@@ -370,6 +361,7 @@ class OutboxCounters:
     retransmitted: int = 0
     acked: int = 0
     expired: int = 0
+    duplicates: int = 0
     unknown_acks: int = 0
     send_failures: int = 0
 
@@ -472,6 +464,10 @@ class Outbox:
                 self._cursor = packet.row_id
                 if self._expired(packet):
                     self._expire(packet)
+                    continue
+                if packet.message_id in self._in_flight:  # queued twice: one copy is enough
+                    self.counters.duplicates += 1
+                    self.queue.remove(packet)
                     continue
                 entry = _InFlight(packet)
                 self._in_flight[packet.message_id] = entry

@@ -25,8 +25,7 @@ _MIGRATIONS: Sequence[str] = (
         hop TEXT NOT NULL,
         message_id BLOB NOT NULL,
         packet BLOB NOT NULL,
-        enqueued_ms INTEGER NOT NULL,
-        UNIQUE (hop, message_id)
+        enqueued_ms INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX hop_queue_by_hop ON hop_queue (hop, id);
     CREATE TABLE seen_message (
