@@ -28,6 +28,8 @@ class SupervisorStandIn:
     unavailable_for: int = 0
     discoveries: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, bool]] = field(default_factory=list)
+    # Canned answers by path, (status, body), for the Supervisor's odd days.
+    canned: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,6 +72,10 @@ class SupervisorStandIn:
         if not authorized:
             _answer(request, HTTPStatus.UNAUTHORIZED, {"result": "error", "message": "no"})
             return
+        if request.path in self.canned:
+            status, body = self.canned[request.path]
+            _send(request, status, body)
+            return
         if method == "GET" and request.path == "/services/mqtt":
             self._service(request)
         elif method == "POST" and request.path == "/discovery":
@@ -93,7 +99,10 @@ class SupervisorStandIn:
 
 
 def _answer(request: BaseHTTPRequestHandler, status: HTTPStatus, body: dict[str, Any]) -> None:
-    encoded = json.dumps(body).encode()
+    _send(request, status, json.dumps(body).encode())
+
+
+def _send(request: BaseHTTPRequestHandler, status: int, encoded: bytes) -> None:
     request.send_response(status)
     request.send_header("Content-Type", "application/json")
     request.send_header("Content-Length", str(len(encoded)))

@@ -7,6 +7,7 @@ Supervisor over HTTP and a real Mosquitto that demands the credentials the Super
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 import json
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from i4t_gateway import api
-from i4t_gateway.addon import HEARTBEAT_MAX_AGE_SECONDS, check_heartbeat
+from i4t_gateway.addon import HEARTBEAT_MAX_AGE_SECONDS, check_heartbeat, run_addon
 from i4t_gateway.addon_options import (
     AddonOptions,
     addon_data_dir,
@@ -34,7 +35,7 @@ from i4t_gateway.addon_options import (
     settings_from_addon,
 )
 from i4t_gateway.settings import BrokerAddress, SettingsError, build_parser
-from i4t_gateway.supervisor import MqttService
+from i4t_gateway.supervisor import MqttService, SupervisorClient
 
 from .api_schemas import assert_valid
 from .brokers import Mosquitto, free_port
@@ -151,6 +152,63 @@ def test_healthcheck_wants_a_recent_heartbeat(tmp_path: Path) -> None:
     beat.write_text("1")
     assert check_heartbeat(beat) == 0
     assert check_heartbeat(beat, now=time.time() + HEARTBEAT_MAX_AGE_SECONDS + 5) == 1
+
+
+# -- add-on mode in this process (the subprocess tests below cannot measure coverage) -------------
+
+
+async def test_stopping_while_no_broker_add_on_runs(tmp_path: Path) -> None:
+    standin = SupervisorStandIn()  # no mqtt service at all
+    standin.start()
+    stop = asyncio.Event()
+    heartbeat = tmp_path / "run" / "heartbeat"
+    try:
+        task = asyncio.create_task(
+            run_addon(
+                AddonOptions(),
+                SupervisorClient(TOKEN, standin.url),
+                data_dir=tmp_path / "data",
+                heartbeat_file=heartbeat,
+                stop=stop,
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert heartbeat.exists()  # waiting for the broker is alive, not stuck
+        stop.set()
+        async with asyncio.timeout(5):
+            await task
+        assert not (tmp_path / "data").exists()  # the gateway never started
+    finally:
+        standin.stop()
+
+
+async def test_add_on_mode_in_process(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    standin = SupervisorStandIn(mqtt_service={"host": "127.0.0.1", "port": mosquitto.port})
+    standin.start()
+    stop = asyncio.Event()
+    (tmp_path / "not-a-folder").write_text("")
+    try:
+        task = asyncio.create_task(
+            run_addon(
+                AddonOptions(name="In process"),
+                SupervisorClient(TOKEN, standin.url),
+                data_dir=tmp_path / "data",
+                heartbeat_file=tmp_path / "not-a-folder" / "heartbeat",
+                stop=stop,
+            )
+        )
+        async with asyncio.timeout(10):
+            while not standin.discoveries:  # noqa: ASYNC110 - the stand-in's thread adds it
+                await asyncio.sleep(0.02)
+        assert standin.discoveries[0]["config"]["name"] == "In process"
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    finally:
+        standin.stop()
+    assert "cannot write the heartbeat file" in caplog.text
 
 
 # -- the image's files ---------------------------------------------------------------------------

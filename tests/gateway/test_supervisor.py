@@ -100,6 +100,31 @@ def test_unusable_service_data(data: dict[str, object]) -> None:
         MqttService.from_answer(data)
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "error", "message"),
+    [
+        (200, b"<html>", SupervisorError, "not JSON"),
+        (200, b'{"result": "error", "message": "nope"}', SupervisorError, "refused .*: nope"),
+        (200, b'{"result": "ok", "data": []}', SupervisorError, "no data object"),
+        (200, b'{"result": "ok", "data": {}}', ServiceUnavailableError, "no add-on provides"),
+        (200, b'{"result": "ok"}', ServiceUnavailableError, "no add-on provides"),
+        (200, b" " * (1024 * 1024 + 1), SupervisorError, "too large"),
+        (500, b"Internal error", SupervisorError, "answered 500 .*: Internal"),
+        (403, b"{}", SupervisorError, "refused our token"),
+    ],
+)
+async def test_odd_answers_are_clear_errors(
+    supervisor: SupervisorStandIn,
+    status: int,
+    body: bytes,
+    error: type[Exception],
+    message: str,
+) -> None:
+    supervisor.canned["/services/mqtt"] = (status, body)
+    with pytest.raises(error, match=message):
+        await SupervisorClient(TOKEN, supervisor.url).mqtt_service()
+
+
 def test_service_defaults() -> None:
     service = MqttService.from_answer({"host": "h", "port": 8883, "ssl": True})
     assert service.broker() == BrokerAddress("h", 8883, True)
