@@ -135,6 +135,8 @@ class Mosquitto:
     process: subprocess.Popen[bytes] | None = None
     # With certificates, the only listener speaks TLS (clients must trust tls.ca_file).
     tls: TlsCerts | None = None
+    # With user names and passwords, anonymous clients are refused.
+    passwords: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -154,12 +156,26 @@ class Mosquitto:
             f"{user}"
         )
 
+    def _auth_config(self) -> str:
+        if self.passwords is None:
+            return "allow_anonymous true\n"
+        password_file = self.workdir / f"mosquitto-{self.port}.passwd"
+        password_file.unlink(missing_ok=True)
+        password_file.touch(mode=0o600)
+        for user, password in self.passwords.items():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(password_file), user, password],
+                check=True,
+                capture_output=True,
+            )
+        return f"allow_anonymous false\npassword_file {password_file}\n"
+
     def _write_config(self) -> Path:
         config = self.workdir / f"mosquitto-{self.port}.conf"
         config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"{self._tls_config()}"
-            "allow_anonymous true\n"
+            f"{self._auth_config()}"
             "persistence false\n"
             f"max_queued_messages {self.max_queued_messages}\n"
             "set_tcp_nodelay true\n"

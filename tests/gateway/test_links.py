@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+import contextlib
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
@@ -364,6 +365,46 @@ async def test_downstream_only_what_the_gateway_serves_delivered_once_and_acked(
     await eventually(lambda: len(standin.acked_by_gateway) == 4)
     assert restarted.delivered == []
     assert restarted.forwarder.stats().duplicates == 1
+
+
+async def test_token_is_the_password_and_the_address_the_user_name(tmp_path: Path) -> None:
+    broker = Mosquitto(
+        workdir=tmp_path,
+        tls=make_tls_certs(tmp_path / "certs"),
+        passwords={GATEWAY.address.text: "good-token"},
+    )
+    broker.start()
+    assert broker.tls is not None
+    try:
+        outcomes = {}
+        for token in ("bad-token", "good-token"):
+            commits = GroupCommit(open_store(tmp_path / f"{token}.db"))
+            forwarder = Forwarder(
+                sender=Sender(GATEWAY),
+                receiver=Receiver(GATEWAY),
+                link=RouterLink(
+                    "127.0.0.1",
+                    token,
+                    ROUTER.address,
+                    port=broker.port,
+                    tls_files=TlsFiles(broker.tls.ca_file),
+                ),
+                queue=PacketQueue(commits),
+                deliver=lambda inbound: asyncio.sleep(0),
+                serves=lambda address: False,
+                max_backoff=0.2,
+            )
+            await forwarder.start()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await eventually(lambda: forwarder.stats().link_up, 1.0)  # noqa: B023
+                outcomes[token] = forwarder.stats().link_up
+            finally:
+                await forwarder.stop()
+                commits.connection.close()
+        assert outcomes == {"bad-token": False, "good-token": True}
+    finally:
+        broker.stop()
 
 
 async def test_unreachable_router_keeps_packets_queued(tmp_path: Path) -> None:
