@@ -118,6 +118,9 @@ class BTHomeDevice:
     last_counter: int = 0
     _parser: Any = field(init=False, repr=False)
     _seen: dict[Any, object] = field(init=False, repr=False, default_factory=dict)
+    _descriptions: dict[Any, tuple[str | None, str | None]] = field(
+        init=False, repr=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if self.bindkey is not None and len(self.bindkey) != BINDKEY_SIZE:
@@ -167,36 +170,33 @@ class BTHomeDevice:
         """The values this advert set. The library returns every value it ever saw; the ones
         it set now are new objects (its values are frozen dataclasses made per update)."""
         out: list[BleReading] = []
-        descriptions = update.entity_descriptions
+        seen = self._seen
         for device_key, value in update.entity_values.items():
-            if device_key.key in _NOT_READINGS or self._seen.get(device_key) is value:
+            if seen.get(device_key) is value or device_key.key in _NOT_READINGS:
                 continue
-            description = descriptions.get(device_key)
-            out.append(
-                BleReading(
-                    device_key.key,
-                    _plain(value.native_value),
-                    _text(getattr(description, "native_unit_of_measurement", None)),
-                    _text(getattr(description, "device_class", None)),
-                )
-            )
-        binary_descriptions = update.binary_entity_descriptions
+            unit, device_class = self._meta(device_key, update.entity_descriptions)
+            out.append(BleReading(device_key.key, _plain(value.native_value), unit, device_class))
         for device_key, value in update.binary_entity_values.items():
-            if self._seen.get(device_key) is value:
+            if seen.get(device_key) is value:
                 continue
-            description = binary_descriptions.get(device_key)
-            out.append(
-                BleReading(
-                    device_key.key,
-                    value.native_value,
-                    None,
-                    _text(getattr(description, "device_class", None)),
-                )
-            )
+            _, device_class = self._meta(device_key, update.binary_entity_descriptions)
+            out.append(BleReading(device_key.key, value.native_value, None, device_class))
         for device_key, event in update.events.items():
             out.append(BleReading(device_key.key, event.event_type, None, "event"))
         self._seen = {**update.entity_values, **update.binary_entity_values}
         return tuple(out)
+
+    def _meta(self, device_key: Any, descriptions: Any) -> tuple[str | None, str | None]:
+        """(unit, device class) of a key as text; cached, the library's enums print slowly."""
+        meta = self._descriptions.get(device_key)
+        if meta is None:
+            description = descriptions.get(device_key)
+            meta = (
+                _text(getattr(description, "native_unit_of_measurement", None)),
+                _text(getattr(description, "device_class", None)),
+            )
+            self._descriptions[device_key] = meta
+        return meta
 
 
 def _text(value: object) -> str | None:
