@@ -49,6 +49,13 @@ BUILD_SCHEMA = ROOT.parent / "shared" / "schemas" / "addon-build.schema.json"
 MQTT_USER = "addons"
 MQTT_PASSWORD = "pw-from-the-supervisor-9f2c"
 
+ROUTER_ID = "i4tag4tzzcscdnrntd77jxbv4azbafq"
+UPSTREAM = {
+    "upstream_url": "mqtts://router.example",
+    "upstream_router_id": ROUTER_ID,
+    "upstream_token": "tok",
+}
+
 # -- options -------------------------------------------------------------------------------------
 
 
@@ -63,6 +70,7 @@ def test_every_option() -> None:
             "name": " Garden shed ",
             "log_level": "debug",
             "upstream_url": "mqtts://router.example:8883",
+            "upstream_router_id": ROUTER_ID,
             "upstream_token": "tok",
             "mqtt_devices": [
                 {"id": "plug", "template": "tasmota", "topic": "plug"},
@@ -79,6 +87,8 @@ def test_every_option() -> None:
     assert options.name == "Garden shed"
     assert options.upstream is not None
     assert options.upstream.broker == BrokerAddress("router.example", 8883, True)
+    assert options.upstream.router.text == ROUTER_ID
+    assert options.upstream.token == "tok"
     assert "tok" not in repr(options.upstream)
     assert [d.local_id for d in options.mqtt_devices] == ["plug", "ht"]
     assert options.mqtt_devices[1].name == "H&T"
@@ -91,11 +101,13 @@ def test_every_option() -> None:
         ({"name": ""}, "name"),
         ({"name": 5}, "name"),
         ({"log_level": "trace"}, "log_level"),
-        ({"upstream_url": "http://router"}, "mqtt://"),
-        ({"upstream_url": "mqtts://u:p@router"}, "credentials"),
-        ({"upstream_token": "t"}, "upstream_url is not"),
-        ({"upstream_url": 5}, "upstream_url"),
-        ({"upstream_url": "mqtt://r", "upstream_token": 5}, "upstream_token"),
+        ({**UPSTREAM, "upstream_url": "http://router"}, "mqtt://"),
+        ({**UPSTREAM, "upstream_url": "mqtts://u:p@router"}, "credentials"),
+        ({**UPSTREAM, "upstream_router_id": "router-1"}, "not an I4T address"),
+        ({"upstream_token": "t"}, "missing: upstream_url, upstream_router_id"),
+        ({**UPSTREAM, "upstream_url": ""}, "missing: upstream_url$"),
+        ({**UPSTREAM, "upstream_url": 5}, "upstream_url must be a text"),
+        ({**UPSTREAM, "upstream_token": 5}, "upstream_token must be a text"),
         ({"mqtt_devices": {}}, "must be a list"),
         ({"mqtt_devices": ["plug"]}, "device 1"),
         ({"mqtt_devices": [{"id": "p", "template": "tasmota"}]}, "topic"),

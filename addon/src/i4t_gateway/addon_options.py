@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
+from .identity import Address, AddressError
 from .mqtt_devices import (
     DefinitionError,
     DeviceTemplateOptions,
@@ -30,14 +31,20 @@ ADDON_DATA_DIR: Final = Path("/data")
 """The add-on's persistent folder: kept across updates, included in backups."""
 DEFAULT_OPTIONS_FILE: Final = ADDON_DATA_DIR / "options.json"
 MAX_NAME_LENGTH: Final = 100
+UPSTREAM_OPTIONS: Final = ("upstream_url", "upstream_router_id", "upstream_token")
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamOptions:
-    """The regional router the gateway forwards to, and the token that admits it there."""
+    """The regional router the gateway forwards to (the fields of links.RouterLink).
+
+    ``router`` is the router's I4T address: its acks are accepted only when it signed them.
+    ``token`` is the signed access token its operator issued; it travels as the MQTT password.
+    """
 
     broker: BrokerAddress
-    token: str | None = field(default=None, repr=False)
+    router: Address
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,21 +99,31 @@ def parse_options(raw: Mapping[str, Any]) -> AddonOptions:
 
 
 def _upstream(raw: Mapping[str, Any]) -> UpstreamOptions | None:
-    url = raw.get("upstream_url")
-    token = raw.get("upstream_token")
-    if url in (None, ""):
-        if token:
-            raise SettingsError("option upstream_token is set but upstream_url is not")
+    given: dict[str, str] = {}
+    for key in UPSTREAM_OPTIONS:
+        value = raw.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise SettingsError(f"option {key} must be a text")
+        given[key] = value
+    if not given:
         return None
-    if not isinstance(url, str):
-        raise SettingsError("option upstream_url must be a text")
-    if token is not None and not isinstance(token, str):
-        raise SettingsError("option upstream_token must be a text")
-    broker = BrokerAddress.from_url(url)
+    missing = [key for key in UPSTREAM_OPTIONS if key not in given]
+    if missing:
+        raise SettingsError(
+            f"a regional router needs all of {', '.join(UPSTREAM_OPTIONS)}; "
+            f"missing: {', '.join(missing)}"
+        )
+    broker = BrokerAddress.from_url(given["upstream_url"])
     if broker.username is not None or broker.password is not None:
         # A password in a URL option would show in clear text in the UI: use the token field.
         raise SettingsError("option upstream_url must not carry credentials: use upstream_token")
-    return UpstreamOptions(broker=broker, token=token or None)
+    try:
+        router = Address.from_text(given["upstream_router_id"])
+    except AddressError as err:
+        raise SettingsError(f"option upstream_router_id is not an I4T address: {err}") from None
+    return UpstreamOptions(broker=broker, router=router, token=given["upstream_token"])
 
 
 def _mqtt_devices(raw: object) -> tuple[MqttDeviceDefinition, ...]:

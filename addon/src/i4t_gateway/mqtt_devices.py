@@ -44,7 +44,6 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .bus import MessageHandler
 from .health import NodeStatus
 from .identity import Address, Identity
 from .wire import Proxy
@@ -66,6 +65,9 @@ _PATH_SEGMENT: Final = re.compile(rf"\.?({_PATH_KEY})|\[(\d+)\]")
 MAX_PATH_DEPTH: Final = 8
 
 type Scalar = str | int | float | bool
+type MessageHandler = Callable[[str, bytes, bool], None]
+"""handler(topic, payload, retained), as bus.MqttBus delivers (not imported from bus, so that
+settings can refer to definitions without an import cycle)."""
 type Subscribe = Callable[[str, MessageHandler], None]
 
 
