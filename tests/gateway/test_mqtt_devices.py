@@ -93,18 +93,40 @@ def collecting_adapter(
         ("$", ()),
         ("$.sensors[1].tC", ("sensors", 1, "tC")),
         ("switch:0.apower", ("switch:0", "apower")),
+        ("[2].v", (2, "v")),
+        ("$[0]", (0,)),
     ],
 )
 def test_value_paths_parse(text: str, segments: tuple[object, ...]) -> None:
     assert ValuePath.parse(text).segments == segments
+    assert PATH_SCHEMA.is_valid(text)
+
+
+PATH_SCHEMA = Draft202012Validator(
+    {"$ref": "#/$defs/path", "$defs": validator("mqtt_device").schema["$defs"]}
+)
 
 
 @pytest.mark.parametrize(
-    "text", [".a", "a..b", "a.b()", "__import__('os')", "a[-1]", "a b", "$.a.", "a[x]"]
+    "text",
+    [
+        ".a",
+        "a..b",
+        "a.b()",
+        "__import__('os')",
+        "a[-1]",
+        "a b",
+        "$.a.",
+        "a[x]",
+        "a[0]b",
+        "$temperature",
+        "",
+    ],
 )
 def test_anything_but_keys_and_indexes_is_refused(text: str) -> None:
     with pytest.raises(DefinitionError):
         ValuePath.parse(text)
+    assert not PATH_SCHEMA.is_valid(text)
 
 
 def test_paths_deeper_than_eight_are_refused() -> None:

@@ -60,8 +60,7 @@ that the same gateway proxies under the same text (e.g. both called ``kitchen``)
 LOCAL_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,58}$")
 VALUE_KEY_PATTERN: Final = re.compile(r"^[a-z0-9_]{1,64}$")
 _PATH_KEY = r"[A-Za-z0-9_:-]+"
-_PATH_PATTERN: Final = re.compile(rf"^(\$)?((?:\.?{_PATH_KEY}|\[\d+\])*)$")
-_PATH_SEGMENT: Final = re.compile(rf"\.?({_PATH_KEY})|\[(\d+)\]")
+_PATH_SEGMENT: Final = re.compile(rf"\.({_PATH_KEY})|\[(\d+)\]")
 MAX_PATH_DEPTH: Final = 8
 
 type Scalar = str | int | float | bool
@@ -130,12 +129,18 @@ class ValuePath:
 
     @classmethod
     def parse(cls, text: str) -> ValuePath:
-        match = _PATH_PATTERN.match(text)
-        if match is None or (match.group(1) is None and match.group(2).startswith(".")):
-            raise DefinitionError(f"not a value path: {text!r}")
+        rest = text[1:] if text.startswith("$") else text
+        if not text.startswith("$") and not rest.startswith("["):
+            rest = "." + rest  # a bare first key, as in ENERGY.Power
         segments: list[str | int] = []
-        for key, index in _PATH_SEGMENT.findall(match.group(2)):
-            segments.append(key if key else int(index))
+        position = 0
+        while position < len(rest):
+            match = _PATH_SEGMENT.match(rest, position)
+            if match is None:
+                raise DefinitionError(f"not a value path: {text!r}")
+            key, index = match.groups()
+            segments.append(key if key is not None else int(index))
+            position = match.end()
         if len(segments) > MAX_PATH_DEPTH:
             raise DefinitionError(f"value path deeper than {MAX_PATH_DEPTH}: {text!r}")
         return cls(tuple(segments), text)
