@@ -429,3 +429,26 @@ async def test_unreachable_router_keeps_packets_queued(tmp_path: Path) -> None:
     finally:
         await forwarder.stop()
         commits.connection.close()
+
+
+@pytest.mark.skipif(not os.environ.get("I4T_SOAK"), reason="soak test: set I4T_SOAK=1")
+async def test_soak_outages_and_lost_acks(
+    gateways: GatewayFactory, router_broker: Mosquitto, standin: RouterStandIn
+) -> None:
+    """About a minute: 20 000 packets through five broker outages and 20 % lost acks."""
+    standin.drop_ack_share = 0.2
+    gateway = await gateways.start(window=64)
+    forwarder = gateway.forwarder
+    expected: set[bytes] = set()
+    for _ in range(5):
+        for _ in range(4):
+            batch = thing_packets(1000)
+            expected |= {p.message_id for p, _ in batch}
+            await submit_all(forwarder, batch)
+            await asyncio.sleep(0.5)
+        router_broker.stop()
+        await asyncio.sleep(2)
+        router_broker.start()
+    await eventually(lambda: forwarder.stats().queued == 0, 120)
+    assert standin.unique() == expected
+    assert standin.delivered_count() == len(expected)
