@@ -24,6 +24,7 @@ from i4t_gateway.mqtt_devices import (
     DeviceAdapter,
     DeviceEvent,
     DeviceEventKind,
+    DeviceFleet,
     DeviceTemplateOptions,
     EsphomeSensor,
     FaultRule,
@@ -214,6 +215,14 @@ BAD_DEFINITIONS: list[tuple[str, dict[str, Any]]] = [
         {"id": "k", "name": "x", "states": [{"topic": "a/+/b", "values": [{"key": "v"}]}]},
     ),
     (
+        "the gateway's own topics",
+        {
+            "id": "k",
+            "name": "x",
+            "states": [{"topic": "i4t/thing/x/up", "format": "raw", "values": [{"key": "v"}]}],
+        },
+    ),
+    (
         "json value without path",
         {"id": "k", "name": "x", "states": [{"topic": "a", "values": [{"key": "v"}]}]},
     ),
@@ -250,7 +259,8 @@ BAD_DEFINITIONS: list[tuple[str, dict[str, Any]]] = [
 def test_bad_definitions_are_refused_by_code_and_schema(why: str, document: dict[str, Any]) -> None:
     with pytest.raises(DefinitionError):
         definition_from_json(document)
-    if why not in ("json value without path",):  # a rule across fields the schema cannot say
+    # Rules across fields, or about the gateway's namespace, are the code's alone.
+    if why not in ("json value without path", "the gateway's own topics"):
         assert not device_schema().is_valid(document)
 
 
@@ -524,6 +534,38 @@ def test_esphome_nan_means_broken_and_bad_bools_are_dropped() -> None:
     assert adapter.dropped == {"bad_value": 1}
 
 
+# -- the fleet -----------------------------------------------------------------------------------
+
+
+def test_the_fleet_routes_topics_to_their_current_owner() -> None:
+    subscriptions: dict[str, Callable[[str, bytes, bool], None]] = {}
+    events: list[DeviceEvent] = []
+    fleet = DeviceFleet(subscriptions.__setitem__, events.append)
+    fleet.adopt(tasmota_sensor("plug", topic="plug"))
+    with pytest.raises(DefinitionError, match="already belongs to device plug"):
+        fleet.adopt(tasmota_sensor("other", topic="plug"))
+    assert sorted(subscriptions) == ["tele/plug/LWT", "tele/plug/SENSOR"]
+    subscriptions["tele/plug/LWT"]("tele/plug/LWT", b"Online", False)
+    assert [e.local_id for e in events] == ["plug"]
+
+    assert fleet.release("plug")
+    assert not fleet.release("plug")
+    subscriptions["tele/plug/LWT"]("tele/plug/LWT", b"Online", False)
+    assert len(events) == 1
+    assert fleet.dropped() == {"released": 1}
+
+    # The topic is free again; adopting it does not subscribe twice.
+    fleet.adopt(tasmota_sensor("other", topic="plug"))
+    subscriptions["tele/plug/SENSOR"]("tele/plug/SENSOR", b"junk", False)
+    assert fleet.dropped() == {"released": 1, "not_json": 1}
+    assert "other" in fleet
+    assert len(fleet) == 1
+    # A new definition for the same id replaces the old one.
+    adapter = fleet.adopt(tasmota_sensor("other", topic="plug", sensor="AM2301"))
+    assert fleet.get("other") is adapter
+    assert len(subscriptions) == 2
+
+
 # -- real devices' traffic through a real Mosquitto ------------------------------------------------
 
 
@@ -547,9 +589,11 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> No
 async def adopted(
     mosquitto: Mosquitto, definition: MqttDeviceDefinition
 ) -> tuple[MqttBus, DeviceAdapter, list[DeviceEvent]]:
+    # Through a fleet on the gateway's own bus, as the server wires it.
     bus = MqttBus(BrokerAddress.from_url(mosquitto.url), client_id=f"gw-{definition.local_id}")
-    adapter, events = collecting_adapter(definition)
-    adapter.attach(bus.subscribe)
+    events: list[DeviceEvent] = []
+    fleet = DeviceFleet(bus.subscribe, events.append)
+    adapter = fleet.adopt(definition)
     await bus.start()
     return bus, adapter, events
 

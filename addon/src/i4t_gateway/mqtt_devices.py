@@ -62,6 +62,7 @@ VALUE_KEY_PATTERN: Final = re.compile(r"^[a-z0-9_]{1,64}$")
 _PATH_KEY = r"[A-Za-z0-9_:-]+"
 _PATH_SEGMENT: Final = re.compile(rf"\.({_PATH_KEY})|\[(\d+)\]")
 MAX_PATH_DEPTH: Final = 8
+RESERVED_TOPIC_ROOT: Final = "i4t"
 
 type Scalar = str | int | float | bool
 type MessageHandler = Callable[[str, bytes, bool], None]
@@ -307,6 +308,11 @@ def _check_topic(local_id: str, topic: str) -> None:
     # Exact topics only: a wildcard would let one definition (one local id) adopt many devices.
     if not topic or "+" in topic or "#" in topic or "\x00" in topic or len(topic) > 512:
         raise DefinitionError(f"device {local_id}: {topic!r} is not a concrete MQTT topic")
+    # The gateway's own namespace: a "device" there could read or impersonate I4T traffic.
+    if topic == RESERVED_TOPIC_ROOT or topic.startswith(RESERVED_TOPIC_ROOT + "/"):
+        raise DefinitionError(
+            f"device {local_id}: topics under {RESERVED_TOPIC_ROOT}/ are the gateway's"
+        )
 
 
 def _state_to_json(state: StateTopic) -> dict[str, Any]:
@@ -765,6 +771,75 @@ def _to_bool(found: object) -> bool:
         if word in _FALSE_WORDS:
             return False
     raise _Malformed("bad_value")
+
+
+class DeviceFleet:
+    """Every adopted device of one gateway: adopt, release, re-adopt, with one owner per topic.
+
+    The bus cannot unsubscribe, and a broker may still deliver a few messages after a device
+    is removed; so each topic is subscribed once with a handler that looks up the topic's
+    current owner, and a released device's messages are simply not routed any more (counted as
+    ``released``). Events of every device go to one ``on_event``.
+    """
+
+    def __init__(self, subscribe: Subscribe, on_event: Callable[[DeviceEvent], None]) -> None:
+        self._subscribe = subscribe
+        self._on_event = on_event
+        self._adapters: dict[str, DeviceAdapter] = {}
+        self._owners: dict[str, DeviceAdapter] = {}
+        self._subscribed: set[str] = set()
+        self.unrouted: Counter[str] = Counter()
+
+    def __contains__(self, local_id: object) -> bool:
+        return local_id in self._adapters
+
+    def __len__(self) -> int:
+        return len(self._adapters)
+
+    def get(self, local_id: str) -> DeviceAdapter | None:
+        return self._adapters.get(local_id)
+
+    def adopt(self, definition: MqttDeviceDefinition) -> DeviceAdapter:
+        """Start reading a device; a device of the same id is replaced (a new definition)."""
+        self.release(definition.local_id)
+        taken = [topic for topic in definition.topics() if topic in self._owners]
+        if taken:
+            owner = self._owners[taken[0]].definition.local_id
+            raise DefinitionError(
+                f"device {definition.local_id}: {taken[0]} already belongs to device {owner}"
+            )
+        adapter = DeviceAdapter(definition, self._on_event)
+        self._adapters[definition.local_id] = adapter
+        for topic in definition.topics():
+            self._owners[topic] = adapter
+            if topic not in self._subscribed:
+                self._subscribed.add(topic)
+                self._subscribe(topic, self._route)
+        return adapter
+
+    def release(self, local_id: str) -> bool:
+        """Stop reading a device (its topics stay subscribed but unrouted); False if unknown."""
+        adapter = self._adapters.pop(local_id, None)
+        if adapter is None:
+            return False
+        for topic in adapter.definition.topics():
+            if self._owners.get(topic) is adapter:
+                del self._owners[topic]
+        return True
+
+    def dropped(self) -> Counter[str]:
+        """Dropped messages of all current devices by reason, plus unrouted ones."""
+        total: Counter[str] = Counter(self.unrouted)
+        for adapter in self._adapters.values():
+            total.update(adapter.dropped)
+        return total
+
+    def _route(self, topic: str, payload: bytes, retained: bool) -> None:
+        adapter = self._owners.get(topic)
+        if adapter is None:
+            self.unrouted["released"] += 1
+            return
+        adapter.handle(topic, payload, retained)
 
 
 # -- templates -----------------------------------------------------------------------------------
