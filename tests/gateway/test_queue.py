@@ -18,6 +18,7 @@ from i4t_gateway.queue import (
     Outbox,
     PacketQueue,
     PersistentDedup,
+    QueueError,
     QueueFullError,
     QueueLimits,
     RetryPolicy,
@@ -120,6 +121,36 @@ async def test_full_queue_refuses_new_packets_and_keeps_stored_ones(
     await queue.put(HOP, mid(11), b"x" * 980)
     assert queue.depth(HOP) == (3, 1000)
     assert queue.refused["queue_full"] == 2
+
+
+async def test_a_failed_batch_refuses_its_packets_and_recounts(
+    conn: sqlite3.Connection,
+) -> None:
+    commits = GroupCommit(conn)
+    queue = PacketQueue(commits)
+    await queue.put(HOP, mid(1), b"kept")
+    doomed = queue.put(HOP, mid(2), b"lost")
+    commits.write("INSERT INTO no_such_table VALUES (?)", (1,))
+    with pytest.raises(QueueError):
+        await doomed
+    assert commits.failures == 1
+    assert queue.depth(HOP) == (1, 4)
+    assert [r.message_id for r in queue.read(HOP, 0, 10)] == [mid(1)]
+
+
+async def test_a_batch_waits_for_a_foreign_transaction_instead_of_joining_it(
+    conn: sqlite3.Connection,
+) -> None:
+    commits = GroupCommit(conn, interval=0)
+    queue = PacketQueue(commits)
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO meta VALUES ('k', 'v')")
+    durable = queue.put(HOP, mid(1), b"x")
+    await asyncio.sleep(0.01)
+    assert not durable.done()
+    conn.execute("ROLLBACK")  # the other module's outcome does not touch our rows
+    await asyncio.wait_for(durable, 1)
+    assert [r.message_id for r in queue.read(HOP, 0, 10)] == [mid(1)]
 
 
 def test_retry_schedule_doubles_to_the_cap_with_bounded_jitter() -> None:

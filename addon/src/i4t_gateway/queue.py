@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 import logging
 import random
@@ -82,9 +82,8 @@ class QueueFullError(ForwardError):
 # -- group commit ----------------------------------------------------------------------------
 
 
-CommitListener = Callable[[bool, Mapping[str, int]], None]
-"""Called on the loop thread after each flush: whether it committed (False: rolled back), and
-how many rows each statement changed (``executemany`` row counts, by SQL text)."""
+CommitListener = Callable[[bool], None]
+"""Called on the loop thread after each flush: True if it committed, False if rolled back."""
 
 
 class GroupCommit:
@@ -167,34 +166,32 @@ class GroupCommit:
             return
         runs, rows, waiter = self._runs, self._rows, self._waiter
         self._runs, self._rows, self._waiter = [], 0, None
-        changes = self._execute(runs)
-        ok = changes is not None
+        ok = self._execute(runs)
         if ok:
             self.commits += 1
             self.rows_committed += rows
         for listener in self._listeners:
-            listener(ok, changes or {})
+            listener(ok)
         if waiter is not None and not waiter.done():
             if ok:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(QueueError("the batch was rolled back"))
 
-    def _execute(self, runs: list[tuple[str, list[Sequence[object]]]]) -> dict[str, int] | None:
+    def _execute(self, runs: list[tuple[str, list[Sequence[object]]]]) -> bool:
         conn = self.connection
-        changes: Counter[str] = Counter()
         try:
             conn.execute("BEGIN")
             for sql, params in runs:
-                changes[sql] += conn.executemany(sql, params).rowcount
+                conn.executemany(sql, params)
             conn.execute("COMMIT")
         except sqlite3.Error:
             self.failures += 1
             _LOGGER.exception("queue commit failed; its packets are refused")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return None
-        return changes
+            return False
+        return True
 
     def _retry_later(self) -> None:
         try:
@@ -314,12 +311,13 @@ class PacketQueue:
     def hops(self) -> list[str]:
         return [hop for hop, depth in self._depth.items() if depth.rows]
 
-    def _on_flush(self, committed: bool, changes: Mapping[str, int]) -> None:
-        del changes
+    def _on_flush(self, committed: bool) -> None:
         hops = self._unflushed_hops
         self._unflushed_hops = set()
         if not committed:
-            # The rolled-back rows are gone; count again from what the file holds.
+            # Count again from what the file holds. Rolled-back inserts are gone (their callers
+            # got QueueError); rolled-back deletes leave acked rows behind, sent again after the
+            # next restart and then acked as duplicates.
             self._load_depths()
             return
         for hop in hops:
