@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+from hypothesis import given, settings, strategies as st
 from jsonschema import ValidationError
 import pytest
 
@@ -535,3 +536,51 @@ def test_invalid_gatt_requests_are_refused(kwargs: dict[str, Any]) -> None:
 def test_gatt_request_parse_refuses_bad_documents(payload: bytes) -> None:
     with pytest.raises(GattMessageError):
         GattRequest.parse(payload)
+
+
+# -- hostile input never escapes ------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=80),
+    uuid=st.sampled_from([BTHOME_UUID, BEACON_UUID]),
+    bindkey=st.booleans(),
+)
+def test_arbitrary_service_data_is_counted_never_raised(
+    data: bytes, uuid: str, bindkey: bool
+) -> None:
+    sink = Sink()
+    endpoint = _endpoint(sink)
+    endpoint.enroll(PLAIN_MAC, "bthome", DOC_KEY if bindkey else None)
+    endpoint.enroll(DOC_MAC, "beacon", DOC_KEY)
+    for mac in (PLAIN_MAC, DOC_MAC, "C0:00:00:00:00:01"):
+        endpoint.handle_advert(_advert(mac, data, uuid=uuid))
+    handled = sum(endpoint.dropped.values()) + len(sink.updates) + len(sink.candidates)
+    assert handled + endpoint.stats["ignored"] == 3
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(advert=st.dictionaries(st.sampled_from(sorted(GOOD)), _JSON, max_size=8))
+def test_arbitrary_advert_objects_are_refused_or_accepted_never_raised(
+    advert: dict[str, Any],
+) -> None:
+    endpoint = _endpoint(Sink())
+    endpoint.handle_message(TOPIC, _batch({**GOOD, **advert}), False)
+    assert endpoint.stats["adverts"] + endpoint.dropped["advert_bad"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=200))
+def test_arbitrary_batch_bytes_never_raise(payload: bytes) -> None:
+    endpoint = _endpoint(Sink())
+    endpoint.handle_message(TOPIC, payload, False)

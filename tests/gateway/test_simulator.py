@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 import contextlib
 import json
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -244,7 +245,8 @@ def test_flapping_alternates() -> None:
     assert sim.set_state(True, ThingState.HEALTHY) == []
 
 
-def test_console_entry_point_prints_the_manifest(mosquitto: Mosquitto) -> None:
+def test_console_entry_point_prints_the_manifest(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    manifest_file = tmp_path / "manifest.json"
     command = [
         sys.executable,
         "-m",
@@ -263,11 +265,15 @@ def test_console_entry_point_prints_the_manifest(mosquitto: Mosquitto) -> None:
         "0.1",
         "--duration",
         "0.3",
+        "--manifest",
+        str(manifest_file),
     ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
     manifest = json.loads(out.stdout.splitlines()[0])
     assert manifest["gateway_id"] == GATEWAY.address.text
     assert [t["state"] for t in manifest["things"]] == ["silent", "healthy"]
+    assert json.loads(manifest_file.read_text()) == manifest
+    assert manifest_file.stat().st_mode & 0o077 == 0
 
 
 def test_console_entry_point_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -324,9 +324,17 @@ class _CliSimulator(Simulator):
     async def started(self) -> None:
         text = json.dumps(self.manifest(), separators=(",", ":"))
         if self._manifest_path is not None:
-            self._manifest_path.write_text(text + "\n")
+            _write_private(self._manifest_path, text + "\n")
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write the manifest readable by its owner only: it holds bindkeys and beacon keys."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as stream:
+        os.fchmod(stream.fileno(), 0o600)
+        stream.write(text)
 
 
 def _state_pair(text: str) -> tuple[int, ThingState]:
