@@ -264,6 +264,11 @@ def test_unenrolled_formats_are_candidates_and_others_ignored() -> None:
     ]
     assert endpoint.stats["ignored"] == 1
     assert not sink.updates
+    assert endpoint.diagnostics() == {
+        "enrolled": {},
+        "stats": {"adverts": 4, "batches": 1, "candidates": 3, "ignored": 1},
+        "dropped": {},
+    }
 
 
 def test_enrolled_as_beacon_ignores_bthome_from_the_same_mac() -> None:

@@ -291,7 +291,8 @@ class BleEndpoint:
 
     def enroll(self, mac: str, kind: BleKind | str, key: bytes | None = None) -> None:
         """Accept adverts from ``mac``: BTHome (``key`` = bindkey or None) or a beacon (``key``
-        = its 16-byte beacon key). Enrolling again replaces key and state (a new bindkey)."""
+        = its 16-byte beacon key). Enrolling again replaces the key (a corrected bindkey) and
+        keeps the counter; :meth:`forget` clears both."""
         mac = normalise_mac(mac)
         kind = BleKind(kind)
         if mac not in self._enrolled and len(self._enrolled) >= MAX_ENROLLED:
@@ -314,6 +315,15 @@ class BleEndpoint:
 
     def is_enrolled(self, mac: str) -> bool:
         return normalise_mac(mac) in self._enrolled
+
+    def diagnostics(self) -> dict[str, object]:
+        """Counts for the gateway's state and HA diagnostics; no addresses, no keys."""
+        kinds = Counter(e.kind.value for e in self._enrolled.values())
+        return {
+            "enrolled": dict(sorted(kinds.items())),
+            "stats": dict(sorted(self.stats.items())),
+            "dropped": {str(k): v for k, v in sorted(self.dropped.items())},
+        }
 
     # -- input -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from . import api
 from .beacon import BEACON_UUID, BeaconFrame, encode_frame
 from .ble import Advert
 from .ble_bthome import BTHOME_UUID, encode_encrypted, encode_plain
+from .ble_common import mac_text
 from .cose import PacketError
 from .endpoint import Receiver, Sender
 from .identity import Address, Identity
@@ -255,7 +256,7 @@ def make_ble(seed: bytes, index: int, ble_index: int, state: ThingState) -> BleT
     rng = random.Random(derive(seed, "rng", index))  # noqa: S311 - readings, not secrets
     raw = bytearray(derive(seed, "mac", index, 6))
     raw[0] |= 0xC0
-    mac = ":".join(f"{b:02X}" for b in raw)
+    mac = mac_text(bytes(raw))
     ble_format = list(BleFormat)[ble_index % len(BleFormat)]
     key = None if ble_format is BleFormat.BTHOME else derive(seed, "key", index, 16)
     return BleThing(index, state, rng, mac=mac, format=ble_format, key=key)
