@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from typing import IO
 
 import pytest
 
@@ -161,6 +162,16 @@ async def submit_all(forwarder: Forwarder, packets: list[tuple[Packet, bytes]]) 
     await asyncio.gather(*(forwarder.submit(packet, data) for packet, data in packets))
 
 
+def read_until_queued(stream: IO[bytes]) -> list[bytes]:
+    """The message ids a forwarder_proc.py reported durable, up to its "queued" line."""
+    lines: list[bytes] = []
+    for line in stream:
+        if line == b"queued\n":
+            return lines
+        lines.append(line.strip())
+    raise AssertionError("the forwarding process ended before it queued everything")
+
+
 def stored_rows(database: Path) -> int:
     with sqlite3.connect(database) as conn:
         return int(conn.execute("SELECT count(*) FROM hop_queue").fetchone()[0])
@@ -174,7 +185,7 @@ def test_topics() -> None:
 async def test_forwards_over_tls_and_forgets_what_the_router_acked(
     gateways: GatewayFactory, standin: RouterStandIn
 ) -> None:
-    gateway = await gateways.start()
+    gateway = await gateways.start(retry=RetryPolicy())
     forwarder = gateway.forwarder
     packets = thing_packets(300)
     await submit_all(forwarder, packets)
@@ -186,7 +197,7 @@ async def test_forwards_over_tls_and_forgets_what_the_router_acked(
     assert stats.forwarded == 300
     assert stats.acked == 300
     assert stats.in_flight == 0
-    assert stats.acks_received == 300
+    assert stats.acks_received >= 300  # more if a slow run retransmitted
     await gateway.commits.committed()
     assert stored_rows(gateways.database) == 0
 
@@ -252,7 +263,7 @@ async def test_kill_9_of_a_forwarding_process_delivers_everything_exactly_once(
     first = launch(400)
     try:
         assert first.stdout is not None
-        queued = [line.strip() for line in iter(first.stdout.readline, b"queued\n")]
+        queued = await asyncio.wait_for(asyncio.to_thread(read_until_queued, first.stdout), 30)
         await eventually(lambda: standin.delivered_count() >= 100)
         first.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
