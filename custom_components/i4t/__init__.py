@@ -3,33 +3,85 @@
 from __future__ import annotations
 
 from homeassistant.const import Platform
-from homeassistant.core import HomeAssistant
-from homeassistant.helpers import device_registry as dr
+from homeassistant.core import HomeAssistant, callback
+from homeassistant.helpers import config_validation as cv, device_registry as dr
+from homeassistant.helpers.device_registry import DeviceEntry
+from homeassistant.helpers.typing import ConfigType
 
 from .const import DOMAIN
 from .coordinator import I4TConfigEntry, I4TCoordinator
+from .entity import gateway_device_info, node_device_info
+from .repairs import async_track_gateway_reachability
+from .services import async_setup_services
 
-PLATFORMS: list[Platform] = []
+PLATFORMS: list[Platform] = [
+    Platform.BINARY_SENSOR,
+    Platform.EVENT,
+    Platform.SENSOR,
+    Platform.SWITCH,
+]
+CONFIG_SCHEMA = cv.config_entry_only_config_schema(DOMAIN)
+
+
+async def async_setup(hass: HomeAssistant, config: ConfigType) -> bool:
+    """Register the integration's actions (they check that their gateway is loaded)."""
+    async_setup_services(hass)
+    return True
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:
-    """Connect to the gateway's local API and register the gateway device."""
+    """Connect to the gateway's local API, register its device and add the platforms."""
     coordinator = I4TCoordinator(hass, entry)
     await coordinator.async_config_entry_first_refresh()
     entry.runtime_data = coordinator
-    info = coordinator.data.info
     dr.async_get(hass).async_get_or_create(
-        config_entry_id=entry.entry_id,
-        identifiers={(DOMAIN, info.gateway_id)},
-        manufacturer="I4T",
-        model="Gateway" if info.role == "gateway" else "Regional router",
-        name=info.name,
-        sw_version=info.version,
+        config_entry_id=entry.entry_id, **gateway_device_info(coordinator)
     )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
+    _sync_devices(hass, entry)
+    entry.async_on_unload(coordinator.async_add_listener(lambda: _sync_devices(hass, entry)))
+    entry.async_on_unload(async_track_gateway_reachability(hass, entry))
     return True
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:
-    """Unload the platforms; the MQTT subscriptions go with the entry's unload callbacks."""
+    """Unload the platforms; subscriptions and listeners go with the entry's unload callbacks."""
     return await hass.config_entries.async_unload_platforms(entry, PLATFORMS)
+
+
+async def async_remove_config_entry_device(
+    hass: HomeAssistant, entry: I4TConfigEntry, device: DeviceEntry
+) -> bool:
+    """Let the user delete a device only when the gateway no longer has it."""
+    coordinator = entry.runtime_data
+    return not any(
+        domain == DOMAIN and ident in _current_devices(coordinator)
+        for domain, ident in device.identifiers
+    )
+
+
+def _current_devices(coordinator: I4TCoordinator) -> set[str]:
+    data = coordinator.data
+    return {
+        coordinator.gateway_id,
+        *data.nodes,
+        *(coordinator.device_key("group", group_id) for group_id in data.groups),
+    }
+
+
+@callback
+def _sync_devices(hass: HomeAssistant, entry: I4TConfigEntry) -> None:
+    """Remove devices whose node or group is gone; keep nodes linked to their group."""
+    coordinator = entry.runtime_data
+    registry = dr.async_get(hass)
+    current = _current_devices(coordinator)
+    for device in dr.async_entries_for_config_entry(registry, entry.entry_id):
+        idents = {ident for domain, ident in device.identifiers if domain == DOMAIN}
+        if idents and not idents & current:
+            registry.async_update_device(device.id, remove_config_entry_id=entry.entry_id)
+    for node in coordinator.data.nodes.values():
+        node_device = registry.async_get_device(identifiers={(DOMAIN, node.address)})
+        via_key = node_device_info(coordinator, node)["via_device"][1]
+        via = registry.async_get_device(identifiers={(DOMAIN, via_key)})
+        if node_device is not None and via is not None and node_device.via_device_id != via.id:
+            registry.async_update_device(node_device.id, via_device_id=via.id)

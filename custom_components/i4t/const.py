@@ -9,6 +9,7 @@ DOMAIN: Final = "i4t"
 LOGGER = logging.getLogger(__package__)
 
 CONF_GATEWAY_ID: Final = "gateway_id"
+CONF_BLE_BRIDGE: Final = "ble_bridge"
 
 # The gateway's local API (docs/API.md). Only major version 1 is understood.
 API_VERSION: Final = 1
@@ -21,3 +22,8 @@ OFFLINE: Final = "offline"
 SCAN_SECONDS: Final = 2.0
 # How long set-up waits for the gateway's retained announcement before retrying later.
 ANNOUNCEMENT_WAIT_SECONDS: Final = 10.0
+# How long a request on the local API may take before it is reported as failed.
+REQUEST_TIMEOUT_SECONDS: Final = 10.0
+
+# Bus event for automations: {"device_id", "type", ...}.
+EVENT_I4T: Final = f"{DOMAIN}_event"

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import Mock, patch
 
-from homeassistant.core import HomeAssistant
+from homeassistant.components import mqtt
+from homeassistant.config_entries import ConfigEntryState
+from homeassistant.core import HomeAssistant, callback
 from paho.mqtt.client import topic_matches_sub
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry, async_fire_mqtt_message
@@ -20,10 +22,15 @@ from custom_components.i4t.const import CONF_GATEWAY_ID, DOMAIN
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def load_json(name: str) -> dict[str, Any]:
+    """A payload as the real server published it (./scripts/record-fixtures)."""
+    document: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return document
+
+
 def load_announcement() -> dict[str, Any]:
     """A gateway announcement as the real server publishes it."""
-    document: dict[str, Any] = json.loads((FIXTURES / "gateway_info.json").read_text())
-    return document
+    return load_json("gateway_info")
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +117,87 @@ def fast_timeouts() -> Any:
     The scan must still outlast HA's MQTT subscribe cooldown (0.5 s after connecting).
     """
     with (
-        patch("custom_components.i4t.const.SCAN_SECONDS", 0.6),
+        patch("custom_components.i4t.const.SCAN_SECONDS", 1.5),
         patch("custom_components.i4t.const.ANNOUNCEMENT_WAIT_SECONDS", 1.0),
     ):
         yield
+
+
+class FakeGateway:
+    """Publishes recorded state the way the gateway does, and answers requests.
+
+    Replies have the recorded shape; ``answers`` sets the result (or error) per command.
+    """
+
+    def __init__(self, hass: HomeAssistant, broker: RetainedBroker, info: dict[str, Any]) -> None:
+        self.hass = hass
+        self.broker = broker
+        self.info = info
+        self.base = info["base_topic"]
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.answers: dict[str, dict[str, Any]] = {}
+
+    def publish_recorded(self, online: bool = True) -> None:
+        """The announcement, availability, gateway state, a healthy group and its nodes."""
+        self.broker.set(f"i4t/discovery/{self.info['id']}", json.dumps(self.info))
+        self.broker.set(f"{self.base}/availability", "online" if online else "offline")
+        self.broker.set(f"{self.base}/state/gateway", json.dumps(load_json("gateway_state")))
+        self.set_group(load_json("group_healthy"))
+        for name in ("node_healthy", "node_broken"):
+            self.set_node(load_json(name))
+
+    def set_node(self, node: dict[str, Any]) -> None:
+        self.broker.set(f"{self.base}/state/node/{node['address']}", json.dumps(node))
+
+    def clear_node(self, address: str) -> None:
+        self.broker.set(f"{self.base}/state/node/{address}", b"")
+
+    def set_group(self, group: dict[str, Any]) -> None:
+        self.broker.set(f"{self.base}/state/group/{group['group_id']}", json.dumps(group))
+
+    def clear_group(self, group_id: str) -> None:
+        self.broker.set(f"{self.base}/state/group/{group_id}", b"")
+
+    def event(self, kind: str, event: dict[str, Any]) -> None:
+        async_fire_mqtt_message(self.hass, f"{self.base}/event/{kind}", json.dumps(event))
+
+    async def start_answering(self) -> None:
+        await mqtt.async_subscribe(self.hass, f"{self.base}/cmd/+", self._answer)
+
+    @callback
+    def _answer(self, message: mqtt.ReceiveMessage) -> None:
+        command = message.topic.rsplit("/", 1)[-1]
+        body = json.loads(message.payload)
+        self.requests.append((command, body))
+        answer = self.answers.get(command, {"ok": True, "result": {}})
+        reply = {"request_id": body["request_id"], **answer}
+        self.hass.loop.call_soon(
+            async_fire_mqtt_message,
+            self.hass,
+            f"{self.base}/reply/{body['request_id']}",
+            json.dumps(reply),
+        )
+
+
+@pytest.fixture
+async def gateway(
+    hass: HomeAssistant, broker: RetainedBroker, announcement: dict[str, Any]
+) -> FakeGateway:
+    fake = FakeGateway(hass, broker, announcement)
+    fake.publish_recorded()
+    await fake.start_answering()
+    return fake
+
+
+@pytest.fixture
+async def loaded_entry(
+    hass: HomeAssistant, gateway: FakeGateway, gateway_entry: MockConfigEntry
+) -> AsyncIterator[MockConfigEntry]:
+    """The gateway's config entry, set up on the recorded state, unloaded afterwards."""
+    gateway_entry.add_to_hass(hass)
+    assert await hass.config_entries.async_setup(gateway_entry.entry_id)
+    await hass.async_block_till_done()
+    yield gateway_entry
+    if gateway_entry.state is ConfigEntryState.LOADED:
+        assert await hass.config_entries.async_unload(gateway_entry.entry_id)
+        await hass.async_block_till_done()

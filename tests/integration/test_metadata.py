@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 
 import yaml
 
@@ -114,14 +115,19 @@ def test_brand_icon_is_a_png() -> None:
     assert (INTEGRATION / "brand" / "icon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_every_translation_key_used_by_the_flow_exists() -> None:
+def test_translations_cover_the_code_and_nothing_is_left_over() -> None:
     strings = json.loads((INTEGRATION / "translations" / "en.json").read_text())
+    source = "\n".join(path.read_text() for path in INTEGRATION.glob("*.py"))
     aborts = set(strings["config"]["abort"])
-    source = (INTEGRATION / "config_flow.py").read_text()
-    for reason in ("invalid_discovery_info", "mqtt_not_available", "no_gateways_found"):
-        assert f'reason="{reason}"' in source
-        assert reason in aborts
+    for reason in re.findall(r'reason="([a-z_]+)"', source):
+        assert reason in aborts, reason
+    used = set(re.findall(r'translation_key\s*=\s*"([a-z_]+)"', source))
     exceptions = set(strings["exceptions"])
-    coordinator = (INTEGRATION / "coordinator.py").read_text()
-    for key in exceptions:
-        assert f'translation_key="{key}"' in coordinator
+    entity_keys = {key for platform in strings["entity"].values() for key in platform}
+    issues = set(strings["issues"])
+    assert used <= exceptions | entity_keys | issues, used - exceptions - entity_keys - issues
+    assert exceptions <= used, f"unused exception messages: {exceptions - used}"
+    services = yaml.safe_load((INTEGRATION / "services.yaml").read_text())
+    assert set(services) == set(strings["services"])
+    for name, service in services.items():
+        assert set(service["fields"]) == set(strings["services"][name]["fields"]), name
