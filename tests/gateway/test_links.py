@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 import contextlib
 from dataclasses import dataclass, field
+import json
 import os
 from pathlib import Path
 import signal
@@ -198,6 +199,7 @@ async def test_forwards_over_tls_and_forgets_what_the_router_acked(
     assert stats.acked == 300
     assert stats.in_flight == 0
     assert stats.acks_received >= 300  # more if a slow run retransmitted
+    assert json.loads(json.dumps(stats.as_dict()))["forwarded"] == 300
     await gateway.commits.committed()
     assert stored_rows(gateways.database) == 0
 

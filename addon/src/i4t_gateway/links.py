@@ -211,9 +211,9 @@ class Forwarder:
     hop: str = UPLINK_HOP
     inbound_backlog: int = DEFAULT_INBOUND_BACKLOG
     max_backoff: float = BACKOFF_MAX_SECONDS
-    counters: LinkCounters = field(default_factory=LinkCounters)
-    refused: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
+    counters: LinkCounters = field(default_factory=LinkCounters, init=False)
+    refused: Counter[str] = field(default_factory=Counter, init=False)
+    dropped: Counter[str] = field(default_factory=Counter, init=False)
     gateway_id: str = field(init=False)
     up: str = field(init=False)
     down: str = field(init=False)
