@@ -281,10 +281,11 @@ class AdvertForwarder:
         if len(pending) > MAX_PENDING:
             del pending[next(iter(pending))]
             self.stats.dropped_full += 1
-        if self._flush_handle is None:
+        if (handle := self._flush_handle) is None:
             self._flush_handle = self._hass.loop.call_later(FLUSH_SECONDS, self._flush)
-        elif len(pending) == BATCH_ADVERTS:
-            self._flush_handle.cancel()
+        elif len(pending) >= BATCH_ADVERTS and isinstance(handle, asyncio.TimerHandle):
+            # A full batch goes at once (TimerHandle: not yet moved to call_soon).
+            handle.cancel()
             self._flush_handle = self._hass.loop.call_soon(self._flush)
 
     @callback
