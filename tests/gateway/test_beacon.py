@@ -140,9 +140,11 @@ def test_replay_script_through_the_endpoint() -> None:
     for step in VECTORS["replay"]["steps"]:
         before = len(updates)
         endpoint.handle_advert(_advert(step["frame"]))
-        outcome = "accepted" if len(updates) > before else None
-        if outcome is None:
-            outcome = "duplicate" if endpoint.dropped["beacon_duplicate"] else "replayed"
+        if len(updates) > before:
+            outcome = "accepted"
+        else:
+            ((reason, _),) = endpoint.dropped.items()
+            outcome = reason.removeprefix("beacon_")
             endpoint.dropped.clear()
         assert outcome == step["outcome"], step
     assert counters[MAC] == 1001
@@ -190,4 +192,19 @@ def test_tampered_beacons_mark_the_thing_broken_after_three() -> None:
     assert update.readings == ()
     # A forged frame never moves the counter: the real thing's frame 10 is still accepted.
     endpoint.handle_advert(_advert(encode_frame(BeaconFrame(10), MAC, KEY).hex()))
+    assert updates[-1].status is NodeStatus.HEALTHY
+
+
+def test_authentic_old_frames_three_in_a_row_mark_the_thing_broken() -> None:
+    updates: list[BleUpdate] = []
+    endpoint = BleEndpoint("i4tgw", on_update=updates.append, counters={MAC: 1000})
+    endpoint.enroll(MAC, "beacon", KEY)
+    for counter in (1, 2, 3, 4):  # the thing lost its counter and starts again from 1
+        endpoint.handle_advert(_advert(encode_frame(BeaconFrame(counter), MAC, KEY).hex()))
+    assert endpoint.dropped["beacon_replayed"] == 4
+    assert [u.status for u in updates] == [NodeStatus.BROKEN, NodeStatus.BROKEN]
+    assert "counter went back" in (updates[0].detail or "")
+    endpoint.forget(MAC)  # what re-enrolment does
+    endpoint.enroll(MAC, "beacon", KEY)
+    endpoint.handle_advert(_advert(encode_frame(BeaconFrame(5), MAC, KEY).hex()))
     assert updates[-1].status is NodeStatus.HEALTHY

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from hypothesis import given, settings, strategies as st
 from jsonschema import ValidationError
 import pytest
@@ -22,7 +23,7 @@ from i4t_gateway.ble import (
     BleUpdate,
     encode_batch,
 )
-from i4t_gateway.ble_bthome import BTHOME_UUID, encode_encrypted, encode_plain
+from i4t_gateway.ble_bthome import BTHOME_UUID, BTHomeDevice, encode_encrypted, encode_plain
 from i4t_gateway.ble_gatt import (
     GattError,
     GattMessageError,
@@ -173,6 +174,51 @@ def test_replayed_and_repeated_counters_are_dropped() -> None:
     assert len(sink.updates) == 2
     assert endpoint.dropped["bthome_duplicate"] == 1
     assert endpoint.dropped["bthome_replayed"] == 2
+
+
+def test_forged_low_counter_is_an_authentication_failure_not_a_replay() -> None:
+    sink = Sink()
+    endpoint = _endpoint(sink, {DOC_MAC: 1000})
+    endpoint.enroll(DOC_MAC, "bthome", DOC_KEY)
+    forged = encode_encrypted({"temperature": 20}, mac=DOC_MAC, bindkey=bytes(16), counter=5)
+    endpoint.handle_advert(_advert(DOC_MAC, forged))
+    assert endpoint.dropped == {"bthome_decrypt_failed": 1}
+
+
+def test_sensor_whose_counter_restarted_turns_broken_until_re_enrolled() -> None:
+    sink = Sink()
+    counters = {DOC_MAC: 1000}
+    endpoint = _endpoint(sink, counters)
+    endpoint.enroll(DOC_MAC, "bthome", DOC_KEY)
+    for counter in (1, 2, 3):
+        data = encode_encrypted({"temperature": 20}, mac=DOC_MAC, bindkey=DOC_KEY, counter=counter)
+        endpoint.handle_advert(_advert(DOC_MAC, data))
+    assert endpoint.dropped == {"bthome_replayed": 3}
+    (update,) = sink.updates
+    assert update.status is NodeStatus.BROKEN
+    assert "counter went back" in (update.detail or "")
+    endpoint.forget(DOC_MAC)
+    endpoint.enroll(DOC_MAC, "bthome", DOC_KEY)
+    data = encode_encrypted({"temperature": 20}, mac=DOC_MAC, bindkey=DOC_KEY, counter=4)
+    endpoint.handle_advert(_advert(DOC_MAC, data))
+    assert sink.updates[-1].status is NodeStatus.HEALTHY
+    assert counters == {DOC_MAC: 4}
+
+
+def test_authenticity_check_handles_a_mac_inside_the_advert() -> None:
+    device_mac = "11:22:33:44:55:66"
+    plain = encode_encrypted({"temperature": 20}, mac=device_mac, bindkey=DOC_KEY, counter=9)
+    # The same advert with the "MAC included" flag: the address travels reversed after the
+    # device information byte, and the nonce uses it (and the flagged information byte).
+    info = plain[0] | 0x02
+    inner = bytes.fromhex(device_mac.replace(":", ""))[::-1]
+    nonce = bytes.fromhex("112233445566") + b"\xd2\xfc" + bytes([info]) + (9).to_bytes(4, "little")
+    sealed = AESCCM(DOC_KEY, tag_length=4).encrypt(nonce, bytes.fromhex("02d007"), None)
+    data = bytes([info]) + inner + sealed[:-4] + (9).to_bytes(4, "little") + sealed[-4:]
+    device = BTHomeDevice("AA:AA:AA:AA:AA:AA", DOC_KEY)
+    assert device.authentic(data)
+    assert not device.authentic(data[:-1] + b"\x00")
+    assert not BTHomeDevice(device_mac).authentic(data)
 
 
 def test_persisted_counter_refuses_a_replay_after_restart() -> None:

@@ -15,9 +15,11 @@ kept in a mapping the caller persists. Every refused advert is dropped and count
 ``dropped``; nothing here raises on input from the network.
 
 Derived status (docs/API-BLE.md): BROKEN when the advert says so (a beacon's broken bit, a
-BTHome "problem" binary sensor that is on) or when three adverts in a row from an enrolled MAC
-fail authentication (wrong bindkey or key, or someone else using the address); HEALTHY when an
-accepted advert says nothing wrong. DEAD is not decided here: the health engine declares it when
+BTHome "problem" binary sensor that is on), when three adverts in a row from an enrolled MAC
+fail authentication (wrong bindkey or key, or someone else using the address), or when three
+authentic adverts in a row carry a counter below the last accepted one (the thing restarted
+its counter, or its old adverts are replayed); HEALTHY when an accepted advert says nothing
+wrong. DEAD is not decided here: the health engine declares it when
 a thing is not heard within its timeout.
 """
 
@@ -257,6 +259,9 @@ class _Enrolment:
     key: bytes | None
     bthome: BTHomeDevice | None
     failures: int = 0
+    """Adverts in a row that failed authentication."""
+    rewinds: int = 0
+    """Authentic adverts in a row whose counter was below the last accepted one."""
 
 
 UpdateCallback = Callable[[BleUpdate], None]
@@ -389,9 +394,9 @@ class BleEndpoint:
         data = advert.service_data[BEACON_UUID]
         last = self.counters.get(advert.address, 0)
         counter = peek_beacon_counter(data)
-        if counter is not None and counter <= last:
-            # Refused before the tag: a forged frame cannot get further, a true one is old.
-            self.dropped["beacon_duplicate" if counter == last else "beacon_replayed"] += 1
+        if counter is not None and counter == last:
+            # The same frame heard again (another scanner, another channel): normal.
+            self.dropped["beacon_duplicate"] += 1
             return
         try:
             frame = check_beacon_frame(data, advert.address, enrolment.key)
@@ -400,8 +405,13 @@ class BleEndpoint:
             if err.reason is BeaconReason.BAD_TAG:
                 self._authentication_failed(advert, enrolment)
             return
+        if frame.counter < last:
+            # Authentic but old: a replay, or a thing whose counter restarted.
+            self.dropped["beacon_replayed"] += 1
+            self._rewound(advert, enrolment)
+            return
         self.counters[advert.address] = frame.counter
-        enrolment.failures = 0
+        enrolment.failures = enrolment.rewinds = 0
         self._accept(
             advert,
             BleKind.BEACON,
@@ -418,13 +428,19 @@ class BleEndpoint:
         try:
             result = device.decode(advert.service_info())
         except BTHomeError as err:
-            self.dropped[err.reason] += 1
-            if err.reason is BTHomeReason.DECRYPT_FAILED:
+            reason = err.reason
+            data = advert.service_data[BTHOME_UUID]
+            if reason is BTHomeReason.REPLAYED and not device.authentic(data):
+                reason = BTHomeReason.DECRYPT_FAILED  # a forgery that claims an old counter
+            self.dropped[reason] += 1
+            if reason is BTHomeReason.DECRYPT_FAILED:
                 self._authentication_failed(advert, enrolment)
+            elif reason is BTHomeReason.REPLAYED:
+                self._rewound(advert, enrolment)
             return
         if result.counter is not None:
             self.counters[advert.address] = result.counter
-        enrolment.failures = 0
+        enrolment.failures = enrolment.rewinds = 0
         self._accept(
             advert,
             BleKind.BTHOME,
@@ -444,6 +460,15 @@ class BleEndpoint:
                 (),
                 detail="adverts fail authentication (wrong key?)",
             )
+
+    def _rewound(self, advert: Advert, enrolment: _Enrolment) -> None:
+        """Authentic adverts below the last counter, three in a row: the thing restarted its
+        counter (a battery change) or someone replays its old adverts. Either way the user has
+        to look: re-enrolling accepts the new counter."""
+        enrolment.rewinds += 1
+        if enrolment.rewinds >= FAILURES_FOR_BROKEN:
+            detail = "counter went back (battery change? replay?): re-enrol to accept it"
+            self._accept(advert, enrolment.kind, NodeStatus.BROKEN, (), detail=detail)
 
     def _accept(
         self,

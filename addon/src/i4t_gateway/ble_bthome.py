@@ -27,6 +27,7 @@ import logging
 from typing import Any, Final
 
 from bthome_ble import BTHomeBluetoothDeviceData
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from .ble_common import BleReading, ReadingValue, mac_bytes
@@ -146,6 +147,25 @@ class BTHomeDevice:
             raise BTHomeError(BTHomeReason.DUPLICATE)
         problem = any(r.device_class == _PROBLEM and r.value is True for r in readings)
         return BTHomeResult(readings, problem, sleepy, encrypted, counter)
+
+    def authentic(self, data: bytes) -> bool:
+        """Whether an encrypted advert decrypts under the bindkey, whatever its counter.
+
+        Used only for adverts refused as replayed, to tell a genuine old advert (a replay, or
+        a sensor whose counter restarted) from a forgery that merely claims a low counter.
+        """
+        if self.bindkey is None or len(data) < 1 + COUNTER_SIZE + MIC_SIZE:
+            return False
+        mac_length = 6 if data[0] & _MAC_INCLUDED else 0
+        mac = data[1:7][::-1] if mac_length else mac_bytes(self.mac)
+        payload = data[1 + mac_length :]
+        counter, sealed = payload[-8:-4], payload[:-8] + payload[-4:]
+        nonce = mac + _UUID_LE + data[:1] + counter
+        try:
+            AESCCM(self.bindkey, tag_length=MIC_SIZE).decrypt(nonce, sealed, None)
+        except (InvalidTag, ValueError):
+            return False
+        return True
 
     def _check_encryption(self, data: bytes, encrypted: bool) -> int | None:
         if not encrypted:
