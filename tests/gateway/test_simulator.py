@@ -280,3 +280,28 @@ def test_console_entry_point_refuses_bad_arguments(capsys: pytest.CaptureFixture
     assert main(["--gateway-id", "nope"]) == 2
     assert main(["--wifi", "1", "--broken", "3", "--ble", "0"]) == 2
     assert "i4t-simulator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("payload", "applied"),
+    [
+        (b'{"thing": 0, "interval": 2}', True),
+        (b'{"thing": "all", "state": "broken", "interval": 0.5}', True),
+        (b'{"thing": 0, "interval": 0.001}', False),
+        (b'{"thing": 0, "interval": true}', False),
+        (b'{"thing": 0}', False),
+        (b'{"thing": 7, "state": "broken"}', False),
+        (b"[1]", False),
+        (b"5", False),
+        (b'{"thing": 0, "state": "broken", "pad": "' + b"x" * 1100 + b'"}', False),
+    ],
+)
+def test_control_commands_change_state_and_interval(payload: bytes, applied: bool) -> None:
+    sim = Simulator(SimConfig(BrokerAddress("127.0.0.1", 1), wifi=1, ble=1))
+    sim.handle_control(sim.config.control_topic, payload, False)
+    assert sim.stats["control_applied" if applied else "control_refused"] == 1
+    if applied:
+        assert sim.wifi[0].interval in (2.0, 0.5)
+    else:
+        assert sim.wifi[0].interval is None
+        assert sim.wifi[0].state is ThingState.HEALTHY

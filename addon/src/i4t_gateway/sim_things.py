@@ -71,7 +71,8 @@ class SimThing:
     state: ThingState
     rng: random.Random
     reports: int = 0
-    next_due: float = 0.0
+    interval: float | None = None
+    """Seconds between reports; None: the simulator's default."""
 
     @property
     def silent(self) -> bool:

@@ -9,7 +9,8 @@ endpoint on ``i4t/<gateway id>/ble/adverts``, the way the HA integration forward
 Every thing is healthy, broken, silent or flapping (sim_things.py), set at start with
 ``--broken/--silent/--flapping`` counts or ``--state INDEX=STATE``, and at run time by a JSON
 message on ``i4t/sim/<sim id>/control``: ``{"thing": 3, "state": "silent"}`` (``thing`` is an
-index, a native thing's address, a BLE MAC, or ``"all"``). Each applied change is echoed on
+index, a native thing's address, a BLE MAC, or ``"all"``); ``"interval": <seconds>`` changes a
+thing's reporting interval the same way. Each applied change is echoed on
 ``i4t/sim/<sim id>/event``.
 
 At start the simulator prints one JSON line, its enrolment manifest: every thing's kind,
@@ -46,6 +47,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_THINGS: Final = 1000
 MIN_INTERVAL: Final = 0.05
+MAX_INTERVAL: Final = 3600.0
 MAX_CONTROL_BYTES: Final = 1024
 MAX_BATCH: Final = min(100, MAX_ADVERTS)
 MAX_WAIT: Final = 0.5
@@ -75,8 +77,9 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not (0 <= self.wifi <= MAX_THINGS and 0 <= self.ble <= MAX_THINGS):
             raise SimulatorError(f"at most {MAX_THINGS} Wi-Fi and {MAX_THINGS} BLE things")
-        if self.interval < MIN_INTERVAL or self.batch_interval < MIN_INTERVAL:
-            raise SimulatorError(f"intervals are at least {MIN_INTERVAL} s")
+        intervals = (self.interval, self.batch_interval)
+        if not all(MIN_INTERVAL <= i <= MAX_INTERVAL for i in intervals):
+            raise SimulatorError(f"intervals are {MIN_INTERVAL}-{MAX_INTERVAL} s")
         if not 0 <= self.jitter < 1:
             raise SimulatorError("jitter is a fraction from 0 to below 1")
         if not self.sim_id or any(c in self.sim_id for c in "/+#"):
@@ -153,11 +156,17 @@ class Simulator:
 
     # -- state changes -----------------------------------------------------------------------
 
-    def set_state(self, selector: object, state: ThingState) -> list[int]:
-        """Apply ``state`` to the things ``selector`` names; returns their indexes."""
+    def set_state(
+        self, selector: object, state: ThingState | None, interval: float | None = None
+    ) -> list[int]:
+        """Apply ``state`` and/or a reporting ``interval`` to the things ``selector`` names;
+        returns their indexes. A new interval counts from the thing's next report."""
         chosen = self._select(selector)
         for thing in chosen:
-            thing.state = state
+            if state is not None:
+                thing.state = state
+            if interval is not None:
+                thing.interval = interval
         return [t.index for t in chosen]
 
     def _select(self, selector: object) -> list[SimThing]:
@@ -172,14 +181,18 @@ class Simulator:
         return []
 
     def handle_control(self, topic: str, payload: bytes, retained: bool) -> None:
-        """``{"thing": <index|address|mac|"all">, "state": <state>}``; bad commands counted."""
+        """``{"thing": <index|address|mac|"all">, "state": <state>, "interval": <seconds>}``
+        (state, interval or both); bad commands are counted and otherwise ignored."""
         if retained or len(payload) > MAX_CONTROL_BYTES:
             self.stats["control_refused"] += 1
             return
         try:
             command = json.loads(payload)
-            state = ThingState(command["state"])
-            changed = self.set_state(command["thing"], state)
+            state = ThingState(command["state"]) if "state" in command else None
+            interval = _interval(command["interval"]) if "interval" in command else None
+            if state is None and interval is None:
+                raise KeyError("state")
+            changed = self.set_state(command["thing"], state, interval)
         except (ValueError, KeyError, TypeError):
             self.stats["control_refused"] += 1
             return
@@ -187,8 +200,12 @@ class Simulator:
             self.stats["control_refused"] += 1
             return
         self.stats["control_applied"] += 1
-        _LOGGER.info("things %s are now %s", changed, state.value)
-        event = {"things": changed, "state": state.value}
+        event: dict[str, Any] = {"things": changed}
+        if state is not None:
+            event["state"] = state.value
+        if interval is not None:
+            event["interval"] = interval
+        _LOGGER.info("things %s changed: %s", changed, event)
         self._bus.publish(self.config.event_topic, api.encode(event), qos=1)
 
     # -- traffic -----------------------------------------------------------------------------
@@ -226,7 +243,8 @@ class Simulator:
 
     def _next_interval(self, thing: SimThing) -> float:
         jitter = self.config.jitter
-        return self.config.interval * thing.rng.uniform(1 - jitter, 1 + jitter)
+        interval = self.config.interval if thing.interval is None else thing.interval
+        return interval * thing.rng.uniform(1 - jitter, 1 + jitter)
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -327,6 +345,14 @@ class _CliSimulator(Simulator):
             _write_private(self._manifest_path, text + "\n")
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
+
+
+def _interval(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("an interval is a number of seconds")
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise ValueError(f"an interval is {MIN_INTERVAL}-{MAX_INTERVAL} s")
+    return float(value)
 
 
 def _write_private(path: Path, text: str) -> None:
