@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from i4t_gateway.mqtt_devices import tasmota_sensor
 from i4t_gateway.payloads import Command, NodeHealth
 from i4t_gateway.wire import DEFAULT_HOP_LIMIT, open_packet
 
@@ -242,3 +243,39 @@ async def test_remove_and_delete_clear_their_retained_state(harness: Harness) ->
     )
     state = json.loads(harness.probe.last(harness.topics.gateway_state) or b"{}")
     assert state["nodes"] == 0
+
+
+async def test_adopted_mqtt_device_is_a_node_of_the_gateway(harness: Harness) -> None:
+    definition = tasmota_sensor("plug-1", topic="plug_1", sensor="AM2301", name="Attic plug")
+    reply = await harness.request(
+        "enroll", kind="mqtt", id="plug-1", name="Attic plug", device=definition.to_json()
+    )
+    assert reply["ok"], reply
+    address = reply["result"]["address"]
+    device = harness.probe.client
+    device.publish("tele/plug_1/LWT", b"Online", qos=1, retain=True)
+    device.publish(
+        "tele/plug_1/SENSOR",
+        json.dumps({"AM2301": {"Temperature": 18.5, "Humidity": 52.0}}).encode(),
+        qos=1,
+    )
+    await eventually(lambda: (harness.node(address) or {}).get("status") == "healthy")
+    node = harness.node(address)
+    assert node is not None
+    assert node["kind"] == "mqtt"
+    values = {reading["value"] for reading in node["readings"].values()}
+    assert {18.5, 52.0} <= values
+    # The device's last will: dead at once, not at the end of its timeout.
+    device.publish("tele/plug_1/LWT", b"Offline", qos=1, retain=True)
+    await eventually(lambda: (harness.node(address) or {}).get("status") == "dead")
+    # Removing it stops the gateway from reading its topics.
+    assert (await harness.request("remove", address=address))["ok"]
+    assert "plug-1" not in harness.server.devices
+
+
+async def test_bad_mqtt_device_definition_is_refused(harness: Harness) -> None:
+    reply = await harness.request(
+        "enroll", kind="mqtt", id="bad", name="Bad", device={"state_topics": "nope"}
+    )
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "invalid"

@@ -40,6 +40,12 @@ async def _serve(server: GatewayServer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGINT or SIGTERM; exit 2 on a configuration error."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--addon" in args:
+        # Add-on mode: options from /data/options.json, the broker from the Supervisor.
+        from .addon import main as addon_main  # noqa: PLC0415 - addon imports this module
+
+        return addon_main([arg for arg in args if arg != "--addon"])
     try:
         settings = settings_from_args(argv)
     except SettingsError as err:

@@ -172,4 +172,5 @@ def settings_from_addon(
         broker=mqtt.broker(),
         name=options.name,
         log_level=options.log_level,
+        mqtt_devices=tuple(options.mqtt_devices),
     )

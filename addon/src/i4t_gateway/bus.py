@@ -296,7 +296,8 @@ class MqttBus:
             self._on_disconnected()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        for topic_filter, (_, handler) in self._subscriptions.items():
+        # A snapshot: a handler may subscribe to more (enrolling a device does).
+        for topic_filter, (_, handler) in list(self._subscriptions.items()):
             if mqtt.topic_matches_sub(topic_filter, msg.topic):
                 try:
                     handler(msg.topic, msg.payload, msg.retain)

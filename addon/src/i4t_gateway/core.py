@@ -56,6 +56,12 @@ from .health import (
     StatusEvent,
 )
 from .identity import Address, AddressError, Identity
+from .mqtt_devices import (
+    DefinitionError,
+    MqttDeviceDefinition,
+    definition_for_enrolment,
+    definition_from_json,
+)
 from .payloads import Command, Data, HealthResponse, NodeHealth, PacketType, Payload
 from .things import EnrolmentError, Thing, ThingKind, Things
 from .timeouts import TimeoutPolicy
@@ -64,6 +70,17 @@ _LOGGER = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], None]
 """publish(topic, payload, retain)"""
+
+
+class DeviceHooks:
+    """What the server does when MQTT devices are enrolled or removed (it owns the bus)."""
+
+    def adopt(self, definition: MqttDeviceDefinition) -> None:
+        """Start reading a device's topics."""
+
+    def release(self, local_id: str) -> None:
+        """Stop reading a device's topics."""
+
 
 _REPORTED: dict[NodeHealth, NodeStatus] = {
     NodeHealth.HEALTHY: NodeStatus.HEALTHY,
@@ -101,6 +118,7 @@ class GatewayCore:
         *,
         policy: TimeoutPolicy | None = None,
         agent_settings: AgentSettings | None = None,
+        device_hooks: DeviceHooks | None = None,
         saved: dict[str, Any] | None = None,
         now: float = 0.0,
     ) -> None:
@@ -110,6 +128,7 @@ class GatewayCore:
         self.things = Things(identity.public_bytes)
         self.group_names: dict[str, str] = {}
         self.counters = Counters()
+        self.devices = device_hooks or DeviceHooks()
         self.sender = Sender(identity)
         self.receiver = Receiver(identity)
         self._muted_nodes: set[bytes] = set()
@@ -361,6 +380,33 @@ class GatewayCore:
         self._flush_groups()
         self.dirty = True
 
+    def record_only(
+        self, thing: Thing, now: float, readings: Sequence[tuple[str, Any, str | None, str | None]]
+    ) -> None:
+        """Readings of uncertain age (a broker's retained message): shown, not taken as life."""
+        for name, value, unit, device_class in readings:
+            self.things.record(
+                thing.address, name, value, unit=unit, device_class=device_class, now=now
+            )
+        self._publish_node(thing)
+
+    def went_offline(self, thing: Thing) -> None:
+        """A bridge knows the thing is gone (its MQTT last will): DEAD now, not at its timeout."""
+        if self.health.node_status(thing.key) is None:
+            return
+        self.health.declare_dead(thing.key)
+        self._publish_node(thing)
+        self._republish_group_of(thing.key)
+        self._flush_groups()
+
+    def adopted_definitions(self) -> list[MqttDeviceDefinition]:
+        """The definitions of the enrolled MQTT devices, to adopt at start."""
+        return [
+            definition_from_json(thing.device)
+            for thing in self.things
+            if thing.kind is ThingKind.MQTT and thing.device is not None
+        ]
+
     # -- native Wi-Fi things ---------------------------------------------------------------
 
     def handle_thing_packet(self, topic: str, data: bytes, now: float) -> None:
@@ -491,13 +537,19 @@ class GatewayCore:
             elif command.kind is ThingKind.MQTT:
                 assert command.local_id is not None
                 assert command.device is not None
-                thing = self.things.enrol_mqtt(command.local_id, command.device, command.name, now)
+                definition = definition_for_enrolment(
+                    command.local_id, command.name, command.device
+                )
+                thing = self.things.enrol_mqtt(
+                    command.local_id, definition.to_json(), command.name, now
+                )
+                self.devices.adopt(definition)
             else:
                 assert command.mac is not None
                 thing = self.things.enrol_ble(
                     command.kind, command.mac, command.secret, command.name, now
                 )
-        except EnrolmentError as err:
+        except (EnrolmentError, DefinitionError) as err:
             raise ApiError("invalid", str(err)) from err
         self._publish_node(thing)
         self.publish_candidates()
@@ -517,6 +569,8 @@ class GatewayCore:
         self._muted_nodes.discard(thing.key)
         self._shown_status.pop(thing.key, None)
         self.things.remove(address)
+        if thing.kind is ThingKind.MQTT and thing.device is not None:
+            self.devices.release(str(thing.device["id"]))
         self._publish(self.topics.node_state(address.text), api.CLEARED, True)
         return {}
 

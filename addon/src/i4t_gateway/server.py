@@ -11,9 +11,16 @@ import time
 from . import __version__, api
 from .agents import AgentSettings
 from .bus import LastWill, MqttBus
-from .core import GatewayCore
+from .core import DeviceHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
 from .identity import load_or_create_identity
+from .mqtt_devices import (
+    DeviceEvent,
+    DeviceEventKind,
+    DeviceFleet,
+    MqttDeviceDefinition,
+    proxied_address,
+)
 from .settings import Settings
 from .store import get_meta, open_store, set_meta
 from .timeouts import TimeoutPolicy
@@ -65,6 +72,8 @@ class GatewayServer:
             will=LastWill(self.topics.availability, api.OFFLINE),
             on_connected=self._announce,
         )
+        self.devices = DeviceFleet(self.bus.subscribe, self._on_device_event)
+        self.core.devices = _FleetHooks(self.devices)
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
@@ -85,6 +94,34 @@ class GatewayServer:
         if not retained:  # a retained packet is stale by definition: replayed by the broker
             self.core.handle_thing_packet(topic, payload, time.time())
 
+    def _on_device_event(self, event: DeviceEvent) -> None:
+        """What an adopted MQTT device said, for the health engine and the readings."""
+        address = proxied_address(self.identity.public_bytes, event.local_id)
+        thing = self.core.things.get(address)
+        if thing is None:
+            return
+        now = time.time()
+        readings = [(r.key, r.value, r.unit, r.device_class) for r in event.readings]
+        if event.kind is DeviceEventKind.OFFLINE:
+            self.core.went_offline(thing)
+        elif event.retained:
+            self.core.record_only(thing, now, readings)  # maybe hours old: not a sign of life
+        else:
+            self.core.heard(thing, now, status=event.status, readings=readings)
+
+    def _adopt_devices(self) -> None:
+        for definition in self.core.adopted_definitions():
+            self.devices.adopt(definition)
+        now = time.time()
+        for definition in self.settings.mqtt_devices:
+            address = proxied_address(self.identity.public_bytes, definition.local_id)
+            if self.core.things.get(address) is None:
+                thing = self.core.things.enrol_mqtt(
+                    definition.local_id, definition.to_json(), definition.name, now
+                )
+                self.devices.adopt(definition)
+                _LOGGER.info("adopted MQTT device %s from the options", thing.name)
+
     def _on_request(self, topic: str, payload: bytes, retained: bool) -> None:
         if not retained:
             self.core.handle_request(topic, payload, time.time())
@@ -92,6 +129,7 @@ class GatewayServer:
     async def start(self) -> None:
         """Start the embedded broker (if any) and the bus; does not wait for the broker."""
         set_meta(self.store, "gateway_id", self.gateway_id)
+        self._adopt_devices()
         if self._embedded is not None:
             await self._embedded.start()
         await self.bus.start()
@@ -140,6 +178,19 @@ class GatewayServer:
             await self._embedded.stop()
         self.store.close()
         _LOGGER.info("gateway stopped")
+
+
+class _FleetHooks(DeviceHooks):
+    """Enrolment and removal on the API start and stop reading a device's topics."""
+
+    def __init__(self, fleet: DeviceFleet) -> None:
+        self._fleet = fleet
+
+    def adopt(self, definition: MqttDeviceDefinition) -> None:
+        self._fleet.adopt(definition)
+
+    def release(self, local_id: str) -> None:
+        self._fleet.release(local_id)
 
 
 async def run_until_stopped(server: GatewayServer, stop: asyncio.Event) -> None:

@@ -6,7 +6,11 @@ import argparse
 from dataclasses import dataclass
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from .mqtt_devices import MqttDeviceDefinition
 
 DEFAULT_EMBEDDED_HOST = "127.0.0.1"
 DEFAULT_EMBEDDED_PORT = 1883
@@ -71,6 +75,8 @@ class Settings:
     health_poll_seconds: float = 300.0
     status_refresh_seconds: float = 900.0
     gossip_seconds: float = 60.0
+    # MQTT devices to adopt at start (the add-on's options); enrolled once, then persisted.
+    mqtt_devices: tuple[MqttDeviceDefinition, ...] = ()
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -113,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(env("I4T_EMBEDDED_PORT", str(DEFAULT_EMBEDDED_PORT))),
         help="port the embedded broker listens on (env I4T_EMBEDDED_PORT)",
+    )
+    parser.add_argument(
+        "--addon",
+        action="store_true",
+        help="run as the Home Assistant add-on: options from /data/options.json, the broker "
+        "from the Supervisor's mqtt service (needs SUPERVISOR_TOKEN)",
     )
     parser.add_argument("--name", default=env("I4T_NAME", "I4T Gateway"), help="display name")
     parser.add_argument(

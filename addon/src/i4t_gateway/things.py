@@ -23,7 +23,8 @@ from .identity import PUBLIC_KEY_SIZE, Address
 MAX_CANDIDATES: Final = 256
 MAX_NAME: Final = 100
 _MAC = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
-_LOCAL_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# A proxied local id is at most 64 bytes and MQTT devices' ids carry the "mqtt:" prefix.
+_LOCAL_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,58}$")
 
 
 class ThingKind(StrEnum):
@@ -185,7 +186,7 @@ class Things:
 
     def enrol_mqtt(self, local_id: str, device: dict[str, Any], name: str, now: float) -> Thing:
         if not _LOCAL_ID.match(local_id):
-            raise EnrolmentError("a device id is 1-64 of a-z, 0-9, '_', '.', '-'")
+            raise EnrolmentError("a device id is 1-59 of a-z, 0-9, '_', '.', '-'")
         thing = Thing(
             self.proxied_address(f"mqtt:{local_id}"),
             ThingKind.MQTT,
