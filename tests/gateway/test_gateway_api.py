@@ -279,3 +279,12 @@ async def test_bad_mqtt_device_definition_is_refused(harness: Harness) -> None:
     )
     assert reply["ok"] is False
     assert reply["error"]["code"] == "invalid"
+
+
+async def test_configure_sets_the_timeout_factor_and_keeps_it(harness: Harness) -> None:
+    reply = await harness.request("configure", timeout_factor=4)
+    assert reply == {**reply, "ok": True, "result": {"timeout_factor": 4.0}}
+    assert harness.server.core.health.policy.factor == 4.0
+    assert harness.server.core.export()["timeout_factor"] == 4.0
+    reply = await harness.request("configure", timeout_factor=0.5)
+    assert reply["error"]["code"] == "invalid"

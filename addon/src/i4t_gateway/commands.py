@@ -93,7 +93,12 @@ class Send:
     args: dict[str, float | int | str | bool | None]
 
 
-type Command = Enroll | Remove | GroupCreate | GroupUpdate | GroupDelete | Mute | Send
+@dataclass(frozen=True, slots=True)
+class Configure:
+    timeout_factor: float | None
+
+
+type Command = Enroll | Remove | GroupCreate | GroupUpdate | GroupDelete | Mute | Send | Configure
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +316,15 @@ def _send(body: dict[str, Any]) -> Send:
     return Send(_address(body, "destination"), _text(body, "command", maximum=64), dict(args))
 
 
+def _configure(body: dict[str, Any]) -> Configure:
+    factor = body.get("timeout_factor")
+    if factor is not None and (
+        not isinstance(factor, int | float) or isinstance(factor, bool) or not 1 <= factor <= 100
+    ):
+        raise ApiError("invalid", "timeout_factor: a number from 1 to 100")
+    return Configure(None if factor is None else float(factor))
+
+
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], Command]]] = {
     "enroll": _enroll,
     "remove": _remove,
@@ -319,5 +333,6 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], Command]]] = {
     "group_delete": _group_delete,
     "mute": _mute,
     "send": _send,
+    "configure": _configure,
 }
 COMMAND_NAMES: Final = tuple(_PARSERS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 import logging
 import secrets
@@ -20,6 +21,7 @@ from .acl import AccessPolicy
 from .agents import AgentSettings, StatusAgent
 from .commands import (
     ApiError,
+    Configure,
     Enroll,
     GroupCreate,
     GroupDelete,
@@ -129,6 +131,7 @@ class GatewayCore:
         self.group_names: dict[str, str] = {}
         self.counters = Counters()
         self.devices = device_hooks or DeviceHooks()
+        self._factor_override: float | None = None
         self.sender = Sender(identity)
         self.receiver = Receiver(identity)
         self._muted_nodes: set[bytes] = set()
@@ -145,6 +148,11 @@ class GatewayCore:
                 self.registry, saved["health"], now, policy=policy, on_event=self._on_event
             )
             self._muted_nodes = {k for k in self.health.nodes() if self.health.node_view(k).muted}
+            self._factor_override = saved.get("timeout_factor")
+            if self._factor_override is not None:  # set over the API: wins over the command line
+                self.health.set_policy(
+                    dataclasses.replace(self.health.policy, factor=float(self._factor_override))
+                )
         else:
             self.registry = GroupRegistry()
             self.acl = AccessPolicy(self.registry)
@@ -185,6 +193,7 @@ class GatewayCore:
             "groups": self.registry.export(),
             "acl": self.acl.export(),
             "health": self.health.export(),
+            "timeout_factor": self._factor_override,
         }
 
     # -- publishing ----------------------------------------------------------------------
@@ -526,6 +535,7 @@ class GatewayCore:
             GroupDelete: self._group_delete,
             Mute: self._mute,
             Send: self._send,
+            Configure: self._configure_gateway,
         }
         return handlers[type(command)](command)
 
@@ -665,6 +675,14 @@ class GatewayCore:
             self._muted_nodes.discard(thing.key)
         self._publish_node(thing)
         return {}
+
+    def _configure_gateway(self, command: Configure) -> dict[str, Any]:
+        if command.timeout_factor is not None:
+            self._factor_override = command.timeout_factor
+            self.health.set_policy(
+                dataclasses.replace(self.health.policy, factor=command.timeout_factor)
+            )
+        return {"timeout_factor": self.health.policy.factor}
 
     def _send(self, command: Send) -> dict[str, Any]:
         target = self.things.get(command.destination)

@@ -282,6 +282,18 @@ class HealthEngine:
 
     # Overrides and mutes
 
+    @property
+    def policy(self) -> TimeoutPolicy:
+        """The default timeout policy (class policies and per-node overrides come first)."""
+        return self._policy
+
+    def set_policy(self, policy: TimeoutPolicy) -> None:
+        """Change the default policy; every live node's deadline is recomputed (O(n), rare)."""
+        self._policy = policy
+        for node in self._nodes.values():
+            if node.status is not NodeStatus.DEAD:
+                self._arm(node)
+
     def set_timeout_override(self, key: Key, seconds: float | None) -> None:
         """Fix ``key``'s timeout to ``seconds`` (None: back to its class policy or learning)."""
         if seconds is not None and not seconds > 0:
