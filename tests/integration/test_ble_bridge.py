@@ -622,3 +622,24 @@ def test_gatt_messages_follow_the_schemas() -> None:
         gatt_result("ab" * 16, "write_failed"),
     ):
         RESULT_SCHEMA.validate(json.loads(result))
+
+
+async def test_undo_cancels_gatt_requests_under_way(
+    hass: HomeAssistant, start_bridge: StartBridge, results: Collected
+) -> None:
+    undo = await start_bridge()
+    connectable_thing(hass)
+    started = asyncio.Event()
+
+    async def connect(*_args: Any, **_kwargs: Any) -> FakeClient:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("not reached")
+
+    with patch.object(ble_bridge, "establish_connection", side_effect=connect):
+        async_fire_mqtt_message(hass, REQUEST_TOPIC, request_payload())
+        await started.wait()
+        undo()
+        await hass.async_block_till_done(wait_background_tasks=True)
+    # The gateway's tracker answers ``timeout`` for it; nothing is published after unload.
+    assert results.messages == []
