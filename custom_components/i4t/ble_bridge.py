@@ -57,7 +57,7 @@ from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
 from homeassistant.exceptions import HomeAssistantError
 from homeassistant.helpers.event import async_track_time_interval
 
-from .remote_scanner import CONF_REMOTE_SCANNERS, RemoteScanners
+from .remote_scanner import CONF_REMOTE_SCANNERS, RemoteScanners, async_use_remote_scanners
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -583,17 +583,18 @@ class BleBridge:
         self.gatt = GattWriter(
             hass, entry, gateway_id, self.forwarder.stats, allowed=self.forwarding
         )
+        self._hass = hass
+        self._use_scanners = bool(entry.options.get(CONF_REMOTE_SCANNERS, True))
         self.scanners: RemoteScanners | None = None
-        if entry.options.get(CONF_REMOTE_SCANNERS, True):
-            self.scanners = RemoteScanners(hass)
+        self._release_scanners: CALLBACK_TYPE | None = None
 
     async def async_start(self) -> None:
         try:
             if self.forwarding:
                 self.forwarder.async_start()
             await self.gatt.async_start()
-            if self.scanners is not None:
-                await self.scanners.async_start()
+            if self._use_scanners:
+                self.scanners, self._release_scanners = await async_use_remote_scanners(self._hass)
         except BaseException:
             self.async_stop()
             raise
@@ -602,8 +603,8 @@ class BleBridge:
     def async_stop(self) -> None:
         self.forwarder.async_stop()
         self.gatt.async_stop()
-        if self.scanners is not None:
-            self.scanners.async_stop()
+        if self._release_scanners is not None:
+            self._release_scanners()
 
     def diagnostics(self) -> dict[str, Any]:
         out: dict[str, Any] = {"forwarding": self.forwarding, **asdict(self.forwarder.stats)}

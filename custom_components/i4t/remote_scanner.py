@@ -26,6 +26,7 @@ from typing import Any, Final, TypeGuard
 from bluetooth_data_tools import monotonic_time_coarse
 from homeassistant.components import bluetooth, mqtt
 from homeassistant.core import CALLBACK_TYPE, HomeAssistant, callback
+from homeassistant.util.hass_dict import HassKey
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ _UUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 _COMPANY: Final = re.compile(r"^[0-9]{1,5}$")
 _HEX: Final = re.compile(r"^(?:[0-9a-fA-F]{2})*$")
 _NO_DETAILS: Final[dict[str, Any]] = {}
+_SHARED: HassKey[_Shared] = HassKey("i4t_remote_scanners")
 
 
 def adverts_topic(scanner_id: str) -> str:
@@ -336,6 +338,46 @@ class RemoteScanners:
         registered = self._scanners.pop(scanner_id)
         while registered.undo:
             registered.undo.pop()()
+
+
+@dataclass(slots=True)
+class _Shared:
+    scanners: RemoteScanners
+    users: int = 0
+
+
+async def async_use_remote_scanners(
+    hass: HomeAssistant,
+) -> tuple[RemoteScanners, CALLBACK_TYPE]:
+    """The remote scanners of this HA instance and the callback that releases them.
+
+    Scanners belong to HA, not to one gateway: with several I4T config entries the first
+    starts them, the others share them, and the last release stops them.
+    """
+    shared = hass.data.get(_SHARED)
+    if shared is None:
+        shared = hass.data[_SHARED] = _Shared(RemoteScanners(hass))
+        try:
+            await shared.scanners.async_start()
+        except BaseException:
+            del hass.data[_SHARED]
+            shared.scanners.async_stop()
+            raise
+    shared.users += 1
+    released = False
+
+    @callback
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        shared.users -= 1
+        if not shared.users:
+            shared.scanners.async_stop()
+            hass.data.pop(_SHARED, None)
+
+    return shared.scanners, release
 
 
 def _scanner_id(topic: str) -> str | None:

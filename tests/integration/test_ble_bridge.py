@@ -41,6 +41,7 @@ from .ble_helpers import (
     BEACON_UUID,
     BTHOME_UUID,
     GATEWAY_ID,
+    ROOT,
     Collected,
     bluetooth_stack,  # noqa: F401 - fixture
     collect,
@@ -643,3 +644,10 @@ async def test_undo_cancels_gatt_requests_under_way(
         await hass.async_block_till_done(wait_background_tasks=True)
     # The gateway's tracker answers ``timeout`` for it; nothing is published after unload.
     assert results.messages == []
+
+
+def test_manifest_matchers_are_the_bridges() -> None:
+    """The manifest's bluetooth key and the callbacks the bridge registers agree."""
+    manifest = json.loads((ROOT / "custom_components" / "i4t" / "manifest.json").read_text())
+    assert manifest["bluetooth"] == [dict(m) for m in ble_bridge.advert_matchers()]
+    assert list(manifest)[:3] == ["domain", "name", "bluetooth"]

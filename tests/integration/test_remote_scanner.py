@@ -46,10 +46,10 @@ async def start_bridge(hass: HomeAssistant, broker: RetainedBroker) -> AsyncIter
     """Start the BLE bridge (and so the remote scanners) of a gateway entry; undone after."""
     undos: list[Callable[[], None]] = []
 
-    async def start(**options: Any) -> Any:
-        entry = MockConfigEntry(domain=DOMAIN, unique_id=GATEWAY_ID, options=options)
+    async def start(gateway_id: str = GATEWAY_ID, **options: Any) -> Any:
+        entry = MockConfigEntry(domain=DOMAIN, unique_id=gateway_id, options=options)
         entry.add_to_hass(hass)
-        undo = await ble_bridge.async_setup_ble_bridge(hass, entry, GATEWAY_ID)
+        undo = await ble_bridge.async_setup_ble_bridge(hass, entry, gateway_id)
         undos.append(undo)
         return undo.__self__  # type: ignore[attr-defined]
 
@@ -300,3 +300,22 @@ async def test_remote_scanners_can_be_switched_off(
     assert bluetooth.async_scanner_by_source(hass, "i4t-scanner-esp1") is None
     assert heard(hass, SENSOR) is None
     assert "remote_scanners" not in bridge.diagnostics()
+
+
+async def test_gateways_of_one_hub_share_the_scanners(
+    hass: HomeAssistant, start_bridge: StartBridge
+) -> None:
+    first = await start_bridge()
+    second = await start_bridge("i4tsecondgatewayaddress2345")
+    assert first.scanners is second.scanners
+    publish(hass, "esp1", advert())
+    await hass.async_block_till_done()
+    assert first.scanners.diagnostics()["scanners"]["esp1"]["adverts"] == 1  # heard once
+
+    first.async_stop()
+    first.async_stop()  # a second release changes nothing
+    assert bluetooth.async_scanner_by_source(hass, "i4t-scanner-esp1") is not None
+    second.async_stop()
+    assert bluetooth.async_scanner_by_source(hass, "i4t-scanner-esp1") is None
+    third = await start_bridge("i4tthirdgatewayaddress23456")
+    assert third.scanners is not first.scanners
