@@ -97,8 +97,11 @@ class RouterStandIn:
     def send_down(self, gateway: Address, data: bytes) -> None:
         self.client.publish(down_topic(gateway.text), data, qos=1)
 
-    def ack_down(self, gateway: Address, message_ids: list[bytes]) -> None:
-        """Send an ack of our own (signed with this router's sequence numbers)."""
+    def ack_down(
+        self, gateway: Address, message_ids: list[bytes], to: Address | None = None
+    ) -> None:
+        """Send an ack of our own (with this router's sequence numbers) on gateway's down
+        topic, addressed to ``to`` (default: the gateway)."""
         with self._lock:
-            ack = self._sender.ack(gateway, message_ids)
+            ack = self._sender.ack(gateway if to is None else to, message_ids)
         self.send_down(gateway, ack)

@@ -315,6 +315,18 @@ def test_rate_limit_is_per_source_token_bucket() -> None:
     assert sum(limiter.allow(a) for _ in range(10)) == 3  # refilled to the burst, no more
 
 
+def test_rate_limiter_memory_is_bounded_and_eviction_only_forgives() -> None:
+    limiter = SourceRateLimiter(RateLimit(rate=1.0, burst=1.0, max_sources=2), lambda: 0.0)
+    a, b, c = THING.address, REMOTE, SERVED
+    assert limiter.allow(a)
+    assert not limiter.allow(a)
+    assert limiter.allow(b)
+    assert limiter.allow(c)  # a is forgotten ...
+    assert limiter.allow(a)  # ... and comes back with a full bucket
+    with pytest.raises(ValueError, match="rate"):
+        SourceRateLimiter(RateLimit(rate=0.0))
+
+
 async def test_rate_limited_source_is_refused_and_counted(gateways: GatewayFactory) -> None:
     gateway = await gateways.start(rate_limit=RateLimit(rate=1.0, burst=3.0))
     forwarder = gateway.forwarder
@@ -378,6 +390,43 @@ async def test_downstream_only_what_the_gateway_serves_delivered_once_and_acked(
     await eventually(lambda: len(standin.acked_by_gateway) == 4)
     assert restarted.delivered == []
     assert restarted.forwarder.stats().duplicates == 1
+
+
+async def test_downstream_refusals_and_a_failing_store(
+    gateways: GatewayFactory, standin: RouterStandIn
+) -> None:
+    # A retained message is an old copy the broker hands to new subscribers, not the router
+    # speaking now.
+    remote = Sender(Identity.from_seed(bytes([12]) * 32))
+    retained = remote.seal(remote.packet(SERVED, Command("old")))
+    standin.client.publish(down_topic(GATEWAY.address.text), retained, qos=1, retain=True)
+    gateway = await gateways.start()
+    forwarder = gateway.forwarder
+    await until_subscribed(forwarder, standin)
+    # An ack from the router, but to someone else.
+    standin.ack_down(GATEWAY.address, [bytes(16)], to=REMOTE)
+    await eventually(lambda: forwarder.stats().dropped.get("retained") == 1)
+    await eventually(lambda: forwarder.stats().dropped.get("ack_not_for_us") == 1)
+
+    # The store fails once: no ack, so the router's retransmission gets it in.
+    failures = [OSError("disk full")]
+    original = forwarder.deliver
+
+    async def flaky(inbound: Inbound) -> None:
+        if failures:
+            raise failures.pop()
+        await original(inbound)
+
+    forwarder.deliver = flaky
+    command = remote.packet(SERVED, Command("open"))
+    data = remote.seal(command)
+    standin.send_down(GATEWAY.address, data)
+    await eventually(lambda: forwarder.stats().dropped.get("deliver_failed") == 1)
+    await asyncio.sleep(0.1)
+    assert standin.acked_by_gateway == []
+    standin.send_down(GATEWAY.address, data)
+    await eventually(lambda: standin.acked_by_gateway == [command.message_id])
+    assert [p.message_id for p in gateway.delivered] == [command.message_id]
 
 
 async def test_token_is_the_password_and_the_address_the_user_name(tmp_path: Path) -> None:
