@@ -40,6 +40,7 @@ from i4t_gateway.queue import (
     QueueLimits,
     RetryPolicy,
 )
+from i4t_gateway.settings import SettingsError
 from i4t_gateway.store import open_store
 from i4t_gateway.wire import Packet
 
@@ -178,9 +179,15 @@ def stored_rows(database: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM hop_queue").fetchone()[0])
 
 
-def test_topics() -> None:
+def test_topics_and_router_urls() -> None:
     assert up_topic("i4tabc") == "i4t/r/up/i4tabc"
     assert down_topic("i4tabc") == "i4t/r/down/i4tabc"
+    link = RouterLink.from_url("mqtts://router.example", token="t", router=ROUTER.address)
+    assert (link.host, link.port, link.tls, link.token) == ("router.example", 8883, True, "t")
+    plain = RouterLink.from_url("mqtt://127.0.0.1:1884", token="t", router=ROUTER.address)
+    assert (plain.port, plain.tls) == (1884, False)
+    with pytest.raises(SettingsError):
+        RouterLink.from_url("http://router.example", token="t", router=ROUTER.address)
 
 
 async def test_forwards_over_tls_and_forgets_what_the_router_acked(

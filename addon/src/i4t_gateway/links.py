@@ -84,6 +84,17 @@ class RouterLink:
     tls: bool = True
     tls_files: TlsFiles | None = None
 
+    @classmethod
+    def from_url(
+        cls, url: str, *, token: str, router: Address, tls_files: TlsFiles | None = None
+    ) -> RouterLink:
+        """``mqtts://host[:port]`` (port 8883 by default); ``mqtt://`` only for a router on
+        the same host or in a test. Raises settings.SettingsError for a bad URL."""
+        broker = BrokerAddress.from_url(url)
+        return cls(
+            broker.host, token, router, port=broker.port, tls=broker.tls, tls_files=tls_files
+        )
+
 
 class RateLimitedError(ForwardError):
     """A source sent more than its rate allows; the packet was not queued."""
