@@ -635,3 +635,59 @@ def test_arbitrary_advert_objects_are_refused_or_accepted_never_raised(
 def test_arbitrary_batch_bytes_never_raise(payload: bytes) -> None:
     endpoint = _endpoint(Sink())
     endpoint.handle_message(TOPIC, payload, False)
+
+
+# -- unchanged adverts: copies and liveness -------------------------------------------------
+
+
+def test_unchanged_encrypted_advert_later_is_liveness_not_data() -> None:
+    sink = Sink()
+    endpoint = _endpoint(sink)
+    endpoint.enroll(DOC_MAC, "bthome", DOC_KEY)
+    data = encode_encrypted({"temperature": 20}, mac=DOC_MAC, bindkey=DOC_KEY, counter=77)
+    for time in (1000.0, 1001.0, 1004.5, 1005.0, 1010.0):
+        endpoint.handle_advert(_advert(DOC_MAC, data, time=time))
+    fresh, *repeats = sink.updates
+    assert not fresh.repeat
+    assert _values(fresh) == {"temperature": 20}
+    assert [u.time for u in repeats] == [1004.5, 1010.0]
+    assert all(u.repeat and u.readings == () for u in repeats)
+    assert all(u.status is NodeStatus.HEALTHY for u in repeats)
+    assert endpoint.dropped == {"bthome_duplicate": 2}
+    assert endpoint.stats["repeats"] == 2
+
+
+def test_a_different_advert_with_the_last_counter_is_no_liveness() -> None:
+    sink = Sink()
+    endpoint = _endpoint(sink)
+    endpoint.enroll(DOC_MAC, "bthome", DOC_KEY)
+    data = encode_encrypted({"temperature": 20}, mac=DOC_MAC, bindkey=DOC_KEY, counter=77)
+    other = encode_encrypted({"temperature": 21}, mac=DOC_MAC, bindkey=DOC_KEY, counter=77)
+    endpoint.handle_advert(_advert(DOC_MAC, data, time=1000.0))
+    endpoint.handle_advert(_advert(DOC_MAC, other, time=1010.0))
+    assert len(sink.updates) == 1
+    assert endpoint.dropped == {"bthome_duplicate": 1}
+
+
+def test_unchanged_beacon_frame_later_keeps_its_status() -> None:
+    sink = Sink()
+    endpoint = _endpoint(sink)
+    endpoint.enroll(DOC_MAC, "beacon", DOC_KEY)
+    frame = encode_frame(BeaconFrame(9, broken=True), DOC_MAC, DOC_KEY)
+    for time in (1000.0, 1002.0, 1006.0):
+        endpoint.handle_advert(_advert(DOC_MAC, frame, uuid=BEACON_UUID, time=time))
+    assert [(u.status, u.repeat) for u in sink.updates] == [
+        (NodeStatus.BROKEN, False),
+        (NodeStatus.BROKEN, True),
+    ]
+    assert endpoint.dropped == {"beacon_duplicate": 1}
+
+
+def test_unchanged_plain_advert_later_is_decoded_again() -> None:
+    sink = Sink()
+    endpoint = _endpoint(sink)
+    endpoint.enroll(PLAIN_MAC, "bthome")
+    for time in (1000.0, 1002.0, 1006.5):
+        endpoint.handle_advert(_advert(PLAIN_MAC, DOC_PLAIN, time=time))
+    assert [bool(u.readings) for u in sink.updates] == [True, True]
+    assert endpoint.dropped == {"bthome_duplicate": 1}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import enum
 import json
 import math
@@ -64,6 +64,9 @@ MAX_NAME: Final = 248
 MAX_SOURCE: Final = 64
 MAX_ENROLLED: Final = 4096
 FAILURES_FOR_BROKEN: Final = 3
+REPEAT_GAP: Final = 4.0
+"""Seconds after which an unchanged advert counts as the thing heard again, not as a copy
+(bthome-ble uses the same 4 s for BTHome packet ids)."""
 
 _UUID: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _COMPANY: Final = re.compile(r"^[0-9]{1,5}$")
@@ -239,6 +242,9 @@ class BleUpdate:
     sleepy: bool = False
     low_battery: bool = False
     detail: str | None = None
+    repeat: bool = False
+    """No new data: the thing's last accepted advert heard again (it is alive); the status is
+    the one it last reported and there are no readings."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +268,9 @@ class _Enrolment:
     """Adverts in a row that failed authentication."""
     rewinds: int = 0
     """Authentic adverts in a row whose counter was below the last accepted one."""
+    last_data: bytes | None = None
+    last_update: BleUpdate | None = None
+    last_heard: float = 0.0
 
 
 UpdateCallback = Callable[[BleUpdate], None]
@@ -395,8 +404,7 @@ class BleEndpoint:
         last = self.counters.get(advert.address, 0)
         counter = peek_beacon_counter(data)
         if counter is not None and counter == last:
-            # The same frame heard again (another scanner, another channel): normal.
-            self.dropped["beacon_duplicate"] += 1
+            self._heard_again(advert, enrolment, data, "beacon_duplicate")
             return
         try:
             frame = check_beacon_frame(data, advert.address, enrolment.key)
@@ -420,6 +428,8 @@ class BleEndpoint:
             sleepy=BeaconFlag.SLEEPY in frame.flags,
             low_battery=BeaconFlag.LOW_BATTERY in frame.flags,
             detail="reported broken" if frame.broken else None,
+            enrolment=enrolment,
+            data=data,
         )
 
     def _bthome(self, advert: Advert, enrolment: _Enrolment) -> None:
@@ -430,6 +440,9 @@ class BleEndpoint:
         except BTHomeError as err:
             reason = err.reason
             data = advert.service_data[BTHOME_UUID]
+            if reason is BTHomeReason.DUPLICATE:
+                self._heard_again(advert, enrolment, data, reason)
+                return
             if reason is BTHomeReason.REPLAYED and not device.authentic(data):
                 reason = BTHomeReason.DECRYPT_FAILED  # a forgery that claims an old counter
             self.dropped[reason] += 1
@@ -448,6 +461,37 @@ class BleEndpoint:
             result.readings,
             sleepy=result.sleepy,
             detail="problem sensor on" if result.problem else None,
+            enrolment=enrolment,
+            data=advert.service_data[BTHOME_UUID],
+        )
+
+    def _heard_again(self, advert: Advert, enrolment: _Enrolment, data: bytes, reason: str) -> None:
+        """An advert with the last accepted counter (or BTHome packet id).
+
+        Within REPEAT_GAP of the last hearing it is a copy (a second scanner, another
+        advertising channel) and is dropped. Later, and byte-identical to the last accepted
+        advert, it says the thing is still there with nothing new: HA calls its callbacks only
+        for changed data, so the integration re-forwards unchanged adverts now and then, and a
+        thing whose values hold still must not be declared DEAD. Like HA's own availability,
+        this cannot tell the thing repeating itself from someone replaying its last advert; it
+        never brings new values.
+        """
+        previous = enrolment.last_update
+        fresh_enough = advert.time - enrolment.last_heard >= REPEAT_GAP
+        if previous is None or data != enrolment.last_data or not fresh_enough:
+            self.dropped[reason] += 1
+            return
+        enrolment.last_heard = advert.time
+        self.stats["repeats"] += 1
+        self._on_update(
+            replace(
+                previous,
+                readings=(),
+                time=advert.time,
+                rssi=advert.rssi,
+                source=advert.source,
+                repeat=True,
+            )
         )
 
     def _authentication_failed(self, advert: Advert, enrolment: _Enrolment) -> None:
@@ -480,7 +524,11 @@ class BleEndpoint:
         sleepy: bool = False,
         low_battery: bool = False,
         detail: str | None = None,
+        enrolment: _Enrolment | None = None,
+        data: bytes | None = None,
     ) -> None:
+        """Report an update; with ``enrolment`` and ``data`` it is an accepted advert, which
+        an identical repeat may later confirm (:meth:`_heard_again`)."""
         self.stats["updates"] += 1
         update = BleUpdate(
             advert.address,
@@ -494,4 +542,7 @@ class BleEndpoint:
             low_battery,
             detail,
         )
+        if enrolment is not None:
+            enrolment.last_data, enrolment.last_update = data, update
+            enrolment.last_heard = advert.time
         self._on_update(update)
