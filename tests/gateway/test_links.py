@@ -346,8 +346,10 @@ async def test_rate_limited_source_is_refused_and_counted(gateways: GatewayFacto
     assert refused.value.reason == "rate_limited"
     other = thing_packets(1, Sender(Identity.from_seed(bytes([11]) * 32)))
     await forwarder.submit(*other[0])
+    own = thing_packets(10, forwarder.sender)  # the gateway itself is not limited
+    await submit_all(forwarder, own)
     assert forwarder.stats().refused == {"rate_limited": 1}
-    assert forwarder.stats().queued == 4
+    assert forwarder.stats().queued == 14
 
 
 async def test_downstream_only_what_the_gateway_serves_delivered_once_and_acked(

@@ -296,9 +296,12 @@ class Forwarder:
 
         Raises :class:`RateLimitedError` or :class:`queue.QueueFullError` (both
         :class:`queue.ForwardError` with a ``reason``) when the packet is refused; nothing is
-        stored then, and the caller can tell its sender.
+        stored then, and the caller can tell its sender. The gateway's own packets are not
+        rate-limited: the limits are there against things that misbehave, and the gateway's
+        own traffic (answers, announcements) is bounded by its code.
         """
-        if not self._limiter.allow(packet.src):
+        own = packet.src == self.sender.me.address
+        if not own and not self._limiter.allow(packet.src):
             self.refused["rate_limited"] += 1
             raise RateLimitedError(packet.src)
         try:
