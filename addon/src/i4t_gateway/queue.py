@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 import logging
 import random
@@ -387,7 +387,7 @@ class Outbox:
     max_age_ms: int = DEFAULT_QUEUE_MAX_AGE_MS
     clock: Clock = wall_clock_ms
     monotonic: Callable[[], float] = time.monotonic
-    counters: OutboxCounters = field(default_factory=OutboxCounters)
+    counters: OutboxCounters = field(default_factory=OutboxCounters, init=False)
     _in_flight: dict[bytes, _InFlight] = field(default_factory=dict, init=False)
     _cursor: int = field(default=0, init=False)
     _maybe_more: bool = field(default=True, init=False)
@@ -402,15 +402,8 @@ class Outbox:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def in_flight_ids(self) -> Iterator[bytes]:
-        return iter(self._in_flight)
-
     def _on_new_packets(self) -> None:
         self._maybe_more = True
-        self._wake.set()
-
-    def wake(self) -> None:
-        """Pump again soon (call when the link came back)."""
         self._wake.set()
 
     def link_restored(self) -> None:
