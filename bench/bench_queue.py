@@ -1,8 +1,9 @@
 """Queue benchmark: durable enqueue and ack rates of queue.py, batched (group commit) and
 unbatched (one transaction per row), next to raw SQLite anchors measured in the same run on the
-same kind of file (WAL, synchronous=NORMAL), as ratios.
+same kind of file (WAL, synchronous=NORMAL), as ratios; and what synchronous=FULL (an fsync per
+commit, which would survive power cuts too) costs with group commit.
 
-    python bench/bench_queue.py            # about 15 s
+    python bench/bench_queue.py            # about 20 s
 
 Anchors: "raw insert+delete" is a row inserted and deleted again with plain sqlite3 calls,
 either one transaction per row or 100 rows per transaction (executemany), the best a queue on
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 import os
 from pathlib import Path
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "addon" / "src")
 from i4t_gateway.queue import GroupCommit, Outbox, PacketQueue, QueueLimits
 from i4t_gateway.store import open_store
 
-SECONDS = 1.5
+SECONDS = 0.6
+ROUNDS = 3
 PACKET = os.urandom(200)
 HOP = "uplink"
 
@@ -67,8 +70,10 @@ async def measure(step: Callable[[], Awaitable[int]]) -> float:
 class OurQueue:
     """A queue, an outbox with an instant transport, and a helper to ack what was sent."""
 
-    def __init__(self, database: Path, max_rows: int) -> None:
-        self.commits = GroupCommit(open_store(database), max_rows=max_rows)
+    def __init__(self, database: Path, max_rows: int, synchronous: str) -> None:
+        conn = open_store(database)
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        self.commits = GroupCommit(conn, max_rows=max_rows)
         self.queue = PacketQueue(self.commits, limits=QueueLimits(10**9, 2**40))
         self.sent: list[bytes] = []
         self.outbox = Outbox(self.queue, HOP, self._send, window=1_000_000)
@@ -117,9 +122,11 @@ def _ids(count: int) -> list[bytes]:
     return [os.urandom(16) for _ in range(count)]
 
 
-async def ours(database: Path, max_rows: int, chunk: int) -> tuple[float, float, float]:
+async def ours(
+    database: Path, max_rows: int, chunk: int, synchronous: str = "NORMAL"
+) -> tuple[float, float, float]:
     """Streaming enqueue, ack and whole-cycle (bursts of ``chunk``) rates, rows/s."""
-    q = OurQueue(database, max_rows)
+    q = OurQueue(database, max_rows, synchronous)
     enqueue = await q.stream()
     start = time.perf_counter()
     acked = await q.drain()
@@ -129,19 +136,41 @@ async def ours(database: Path, max_rows: int, chunk: int) -> tuple[float, float,
     return enqueue, ack, cycle
 
 
+Rates = tuple[float, float, float]
+
+
+def one_round(folder: Path, n: int) -> tuple[float, float, Rates, Rates, Rates]:
+    """Every measurement once, on fresh files, so that each sees the same machine load."""
+    return (
+        raw_rate(folder / f"raw1-{n}.db", 1),
+        raw_rate(folder / f"raw100-{n}.db", 100),
+        asyncio.run(ours(folder / f"batched-{n}.db", max_rows=256, chunk=1000)),
+        asyncio.run(ours(folder / f"unbatched-{n}.db", max_rows=1, chunk=100)),
+        asyncio.run(ours(folder / f"full-{n}.db", 256, 1000, synchronous="FULL")),
+    )
+
+
+def median_rates(runs: list[Rates]) -> Rates:
+    enqueue, ack, cycle = (statistics.median(column) for column in zip(*runs, strict=True))
+    return enqueue, ack, cycle
+
+
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        raw_one = raw_rate(folder / "raw1.db", 1)
-        raw_hundred = raw_rate(folder / "raw100.db", 100)
-        batched = asyncio.run(ours(folder / "batched.db", max_rows=256, chunk=1000))
-        unbatched = asyncio.run(ours(folder / "unbatched.db", max_rows=1, chunk=100))
-    print(f"sqlite {sqlite3.sqlite_version}, packets of {len(PACKET) + 16} bytes, WAL, NORMAL")
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as tmp:
+        rounds = [one_round(Path(tmp), n) for n in range(ROUNDS)]
+    raw_one = statistics.median(r[0] for r in rounds)
+    raw_hundred = statistics.median(r[1] for r in rounds)
+    batched, unbatched, full = (median_rates([r[i] for r in rounds]) for i in (2, 3, 4))
+    print(
+        f"sqlite {sqlite3.sqlite_version}, packets of {len(PACKET) + 16} bytes, WAL, NORMAL; "
+        f"medians of {ROUNDS} interleaved rounds"
+    )
     print(f"{'anchor: raw insert+delete, 1 row/transaction':52s} {raw_one:>10,.0f} rows/s")
     print(f"{'anchor: raw insert+delete, 100 rows/transaction':52s} {raw_hundred:>10,.0f} rows/s")
     rows = [
         ("ours, group commit (256 rows / 2 ms)", batched),
         ("ours, unbatched (1 row / transaction)", unbatched),
+        ("ours, group commit, synchronous=FULL (fsync per batch)", full),
     ]
     for label, (enqueue, ack, cycle) in rows:
         print(f"{label}:")
