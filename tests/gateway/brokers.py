@@ -49,15 +49,18 @@ def mosquitto_binary() -> str:
 
 @dataclass(frozen=True)
 class TlsCerts:
-    """A throwaway CA and a server certificate for 127.0.0.1 / localhost that it signed."""
+    """A throwaway CA, a server certificate for 127.0.0.1 / localhost and a client certificate,
+    both signed by the CA."""
 
     ca_file: Path
     cert_file: Path
     key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
 
 
 def make_tls_certs(directory: Path) -> TlsCerts:
-    """Write a fresh CA and server certificate (EC P-256, valid one day) into directory."""
+    """Write a fresh CA, server and client certificate (EC P-256, valid one day)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -69,31 +72,54 @@ def make_tls_certs(directory: Path) -> TlsCerts:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    alt_names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    server_cert = (
-        _certificate_builder(server_name, ca_name, server_key.public_key(), now)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    certs = TlsCerts(
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
+        directory / "client.pem",
+        directory / "client.key",
+    )
+    certs.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    _write_leaf("127.0.0.1", server_names, ca_key, ca_name, now, certs.cert_file, certs.key_file)
+    _write_leaf(
+        "i4t test client", None, ca_key, ca_name, now, certs.client_cert_file, certs.client_key_file
+    )
+    return certs
+
+
+def _write_leaf(
+    common_name: str,
+    alt_names: list[x509.GeneralName] | None,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    now: datetime.datetime,
+    cert_file: Path,
+    key_file: Path,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        _certificate_builder(name, ca_name, key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         # Python 3.13 verifies strictly (VERIFY_X509_STRICT): the key identifiers are required.
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
     )
-    certs = TlsCerts(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    certs.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    certs.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    certs.key_file.write_bytes(
-        server_key.private_bytes(
+    if alt_names is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    cert_file.write_bytes(
+        builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    )
+    key_file.write_bytes(
+        key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
-    return certs
 
 
 def _certificate_builder(
@@ -135,6 +161,8 @@ class Mosquitto:
     process: subprocess.Popen[bytes] | None = None
     # With certificates, the only listener speaks TLS (clients must trust tls.ca_file).
     tls: TlsCerts | None = None
+    # With TLS: refuse clients without a certificate signed by tls.ca_file.
+    require_client_cert: bool = False
     # With user names and passwords, anonymous clients are refused.
     passwords: dict[str, str] | None = None
 
@@ -153,6 +181,7 @@ class Mosquitto:
             f"cafile {self.tls.ca_file}\n"
             f"certfile {self.tls.cert_file}\n"
             f"keyfile {self.tls.key_file}\n"
+            f"require_certificate {'true' if self.require_client_cert else 'false'}\n"
             f"{user}"
         )
 

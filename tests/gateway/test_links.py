@@ -438,42 +438,49 @@ async def test_downstream_refusals_and_a_failing_store(
     assert [p.message_id for p in gateway.delivered] == [command.message_id]
 
 
-async def test_token_is_the_password_and_the_address_the_user_name(tmp_path: Path) -> None:
-    broker = Mosquitto(
-        workdir=tmp_path,
-        tls=make_tls_certs(tmp_path / "certs"),
-        passwords={GATEWAY.address.text: "good-token"},
+async def link_comes_up(database: Path, port: int, token: str, tls_files: TlsFiles) -> bool:
+    """Whether a forwarder with these credentials gets a session within a second."""
+    commits = GroupCommit(open_store(database))
+    forwarder = Forwarder(
+        sender=Sender(GATEWAY),
+        receiver=Receiver(GATEWAY),
+        link=RouterLink("127.0.0.1", token, ROUTER.address, port=port, tls_files=tls_files),
+        queue=PacketQueue(commits),
+        deliver=lambda inbound: asyncio.sleep(0),
+        serves=lambda address: False,
+        max_backoff=0.2,
     )
-    broker.start()
-    assert broker.tls is not None
+    await forwarder.start()
     try:
-        outcomes = {}
-        for token in ("bad-token", "good-token"):
-            commits = GroupCommit(open_store(tmp_path / f"{token}.db"))
-            forwarder = Forwarder(
-                sender=Sender(GATEWAY),
-                receiver=Receiver(GATEWAY),
-                link=RouterLink(
-                    "127.0.0.1",
-                    token,
-                    ROUTER.address,
-                    port=broker.port,
-                    tls_files=TlsFiles(broker.tls.ca_file),
-                ),
-                queue=PacketQueue(commits),
-                deliver=lambda inbound: asyncio.sleep(0),
-                serves=lambda address: False,
-                max_backoff=0.2,
-            )
-            await forwarder.start()
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await eventually(lambda: forwarder.stats().link_up, 1.0)  # noqa: B023
-                outcomes[token] = forwarder.stats().link_up
-            finally:
-                await forwarder.stop()
-                commits.connection.close()
-        assert outcomes == {"bad-token": False, "good-token": True}
+        with contextlib.suppress(TimeoutError):
+            await eventually(lambda: forwarder.stats().link_up, 1.0)
+        return forwarder.stats().link_up
+    finally:
+        await forwarder.stop()
+        commits.connection.close()
+
+
+async def test_token_is_the_password_and_the_address_the_user_name(tmp_path: Path) -> None:
+    certs = make_tls_certs(tmp_path / "certs")
+    broker = Mosquitto(workdir=tmp_path, tls=certs, passwords={GATEWAY.address.text: "good-token"})
+    broker.start()
+    try:
+        files = TlsFiles(certs.ca_file)
+        assert not await link_comes_up(tmp_path / "a.db", broker.port, "bad-token", files)
+        assert await link_comes_up(tmp_path / "b.db", broker.port, "good-token", files)
+    finally:
+        broker.stop()
+
+
+async def test_client_certificate_when_the_router_broker_requires_one(tmp_path: Path) -> None:
+    certs = make_tls_certs(tmp_path / "certs")
+    broker = Mosquitto(workdir=tmp_path, tls=certs, require_client_cert=True)
+    broker.start()
+    try:
+        without = TlsFiles(certs.ca_file)
+        with_cert = TlsFiles(certs.ca_file, certs.client_cert_file, certs.client_key_file)
+        assert not await link_comes_up(tmp_path / "a.db", broker.port, "t", without)
+        assert await link_comes_up(tmp_path / "b.db", broker.port, "t", with_cert)
     finally:
         broker.stop()
 
