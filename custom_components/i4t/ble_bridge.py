@@ -45,6 +45,7 @@ from typing import Any, Final
 
 from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
+import bleak_retry_connector
 from bleak_retry_connector import (
     BleakClientWithServiceCache,
     BleakOutOfConnectionSlotsError,
@@ -520,6 +521,10 @@ class GattWriter:
             error, detail = "timeout", f"no result within {request.timeout} s"
         except _GattFailedError as failure:
             error, detail = failure.error, failure.detail
+        except Exception as err:
+            _LOGGER.debug("GATT request %s failed", request.id[:8], exc_info=True)
+            error = "connect_failed" if client is None else "write_failed"
+            detail = type(err).__name__
         await self._answer(request.id, error, detail)
         if client is not None:
             await self._async_disconnect(client)
@@ -539,9 +544,12 @@ class GattWriter:
             newer = bluetooth.async_ble_device_from_address(hass, address, connectable=True)
             return newer or device
 
+        # Looked up now, not at import: HA's bluetooth swaps in its own client class (which
+        # connects through the best adapter or ESPHome proxy) when it starts.
+        client_class = bleak_retry_connector.BleakClientWithServiceCache
         try:
             return await establish_connection(
-                BleakClientWithServiceCache,
+                client_class,
                 device,
                 device.name or address,
                 max_attempts=GATT_CONNECT_ATTEMPTS,
