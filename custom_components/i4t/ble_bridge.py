@@ -169,21 +169,22 @@ def _limited(data: dict[str, bytes]) -> dict[str, str]:
     return dict(fitting[:MAX_DATA_ENTRIES])
 
 
-def encode_batches(adverts: list[dict[str, Any]]) -> list[bytes]:
-    """Batch messages of at most BATCH_ADVERTS adverts and MAX_BATCH_BYTES bytes each."""
-    out: list[bytes] = []
+def encode_batches(adverts: list[dict[str, Any]]) -> list[tuple[bytes, int]]:
+    """Batch messages of at most BATCH_ADVERTS adverts and MAX_BATCH_BYTES bytes each, with
+    the number of adverts in each."""
+    out: list[tuple[bytes, int]] = []
     for start in range(0, len(adverts), BATCH_ADVERTS):
         _encode_into(adverts[start : start + BATCH_ADVERTS], out)
     return out
 
 
-def _encode_into(adverts: list[dict[str, Any]], out: list[bytes]) -> None:
+def _encode_into(adverts: list[dict[str, Any]], out: list[tuple[bytes, int]]) -> None:
     payload = json.dumps(
         {"api": API_VERSION, "adverts": adverts}, separators=(",", ":"), ensure_ascii=False
     ).encode()
     if len(payload) <= MAX_BATCH_BYTES or len(adverts) == 1:
         # One advert is at most about 9 KB (8 + 8 entries of 255 bytes), far below the limit.
-        out.append(payload)
+        out.append((payload, len(adverts)))
         return
     half = len(adverts) // 2
     _encode_into(adverts[:half], out)
@@ -300,18 +301,18 @@ class AdvertForwarder:
             for address in list(self._tracked)[: len(self._tracked) - MAX_TRACKED]:
                 del self._tracked[address]
         offset = time.time() - monotonic_time_coarse()
-        for payload in encode_batches([advert_json(a, offset) for a in adverts]):
+        for payload, count in encode_batches([advert_json(a, offset) for a in adverts]):
             if self._publishing >= MAX_PUBLISHING:
                 self.stats.batches_dropped += 1
                 continue
             self.stats.batches += 1
+            self.stats.forwarded += count
             self._publishing += 1
             task = self._entry.async_create_background_task(
                 self._hass, self._publish(payload), "i4t BLE advert batch"
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self.stats.forwarded += len(adverts)
 
     async def _publish(self, payload: bytes) -> None:
         try:

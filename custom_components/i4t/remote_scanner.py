@@ -227,11 +227,11 @@ class RemoteScanners:
         self.looped = 0
 
     async def async_start(self) -> None:
-        for topic, handler in (
-            (info_topic("+"), self._async_on_info),
-            (adverts_topic("+"), self._async_on_adverts),
+        for topic, handler, qos in (
+            (info_topic("+"), self._async_on_info, 1),
+            (adverts_topic("+"), self._async_on_adverts, 0),
         ):
-            self._unsubs.append(await mqtt.async_subscribe(self._hass, topic, handler, qos=0))
+            self._unsubs.append(await mqtt.async_subscribe(self._hass, topic, handler, qos=qos))
 
     @callback
     def async_stop(self) -> None:

@@ -300,6 +300,7 @@ async def test_batches_in_flight_are_bounded(
         # One flush made ten one-advert batches; eight may be in flight at once.
         assert len(adverts.messages) == ble_bridge.MAX_PUBLISHING
         assert forwarder.stats.batches_dropped == 2
+        assert forwarder.stats.forwarded == 8
         # Only the newest addresses are kept for the liveness refresh.
         assert len(forwarder._tracked) == 4
 
@@ -339,9 +340,11 @@ def test_large_batches_are_split_below_the_size_limit() -> None:
         advert_json((BTHOME_MAC, -50, 1.0, "hci0", BTHOME_MAC, big, {}), 0.0) for _ in range(600)
     ]
     batches = encode_batches(adverts)
-    assert sum(len(json.loads(b)["adverts"]) for b in batches) == 600
-    for payload in batches:
+    assert len(batches) > 2  # 512 such adverts are about 2.2 MB
+    assert sum(count for _, count in batches) == 600
+    for payload, count in batches:
         assert len(payload) <= ble_bridge.MAX_BATCH_BYTES
+        assert len(json.loads(payload)["adverts"]) == count
         ADVERTS_SCHEMA.validate(json.loads(payload))
 
 
