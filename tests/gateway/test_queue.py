@@ -18,6 +18,7 @@ from i4t_gateway.queue import (
     Outbox,
     PacketQueue,
     PersistentDedup,
+    QueuedPacket,
     QueueError,
     QueueFullError,
     QueueLimits,
@@ -248,6 +249,33 @@ async def test_outbox_run_sends_new_packets_as_they_commit(conn: sqlite3.Connect
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_outbox_task_survives_a_failing_read(
+    conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = PacketQueue(GroupCommit(conn, interval=0.001))
+    link = Link()
+    outbox = Outbox(queue, HOP, link.send)
+    failing = [sqlite3.OperationalError("disk I/O error")]
+    read = queue.read
+
+    def flaky_read(hop: str, after_row: int, limit: int) -> list[QueuedPacket]:
+        if failing:
+            raise failing.pop()
+        return read(hop, after_row, limit)
+
+    queue.read = flaky_read  # type: ignore[method-assign]
+    task = asyncio.create_task(outbox.run())
+    try:
+        await queue.put(HOP, mid(1), b"a")
+        async with asyncio.timeout(3):
+            while link.sent != [b"a"]:  # noqa: ASYNC110 - polling a plain list
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "cannot read the queue" in caplog.text
 
 
 async def test_persistent_dedup_survives_a_restart_and_stays_bounded(tmp_path: Path) -> None:

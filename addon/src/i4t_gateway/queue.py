@@ -52,6 +52,7 @@ _SEEN_PRUNE_SLACK: Final = 4  # prune the seen table when it holds capacity * (1
 _BUSY_RETRY_SECONDS: Final = 0.001
 _SEND_RETRY_SECONDS: Final = 0.05  # the transport refused a send although the link looked up
 _MIN_WAIT_SECONDS: Final = 0.002
+_READ_RETRY_SECONDS: Final = 1.0
 
 _INSERT_PACKET: Final = (
     "INSERT INTO hop_queue (hop, message_id, packet, enqueued_ms) VALUES (?, ?, ?, ?)"
@@ -496,7 +497,12 @@ class Outbox:
         """Pump whenever something changed or a retransmission is due; runs until cancelled."""
         while True:
             self._wake.clear()
-            delay = self.pump()
+            try:
+                delay: float | None = self.pump()
+            except sqlite3.Error:
+                # A failing disk must not end the task: the queue resumes when it recovers.
+                _LOGGER.exception("cannot read the queue towards %s", self.hop)
+                delay = _READ_RETRY_SECONDS
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
