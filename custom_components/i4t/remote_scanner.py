@@ -284,15 +284,15 @@ class RemoteScanners:
             # A retained batch would be replayed at every reconnect.
             self.dropped_batches += 1
             return
-        registered = self._scanners.get(scanner_id) or self._register(scanner_id, scanner_id)
-        if registered is None:
-            self.dropped_batches += 1
-            return
         try:
             items = parse_batch(message.payload)
         except ScannerMessageError as err:
             self.dropped_batches += 1
             _LOGGER.debug("scanner batch from %s ignored: %s", scanner_id, err)
+            return
+        registered = self._scanners.get(scanner_id) or self._register(scanner_id, scanner_id)
+        if registered is None:
+            self.dropped_batches += 1
             return
         now_unix = time.time()
         now_mono = monotonic_time_coarse()

@@ -141,6 +141,8 @@ async def test_scanner_adverts_reach_every_ble_integration(
         [sent] = batch_adverts(forwarded)
         assert sent["address"] == SENSOR
         assert sent["source"] == "i4t-scanner-garage"
+        # The bridge's batch (echoed by the broker on the gateway's topic) did not come back
+        # in through a scanner: still the two adverts published above.
         assert bridge.diagnostics()["remote_scanners"]["scanners"] == {
             "garage": {"name": "Garage ESP32", "adverts": 2, "dropped": 0}
         }
@@ -242,11 +244,14 @@ async def test_looped_and_invalid_input_is_dropped(
     ]:
         async_fire_mqtt_message(hass, topic, payload, retain=retain)
     await hass.async_block_till_done()
+    # A malformed batch from a new id registers no scanner.
+    async_fire_mqtt_message(hass, "i4t/scanner/c/adverts", "{not json")
+    await hass.async_block_till_done()
     for address in ("00:00:00:00:20:04", "00:00:00:00:20:05"):
         assert heard(hass, address) is None
     diagnostics = bridge.diagnostics()["remote_scanners"]
     assert diagnostics["looped"] == 1
-    assert diagnostics["dropped_batches"] == 6
+    assert diagnostics["dropped_batches"] == 7
     assert diagnostics["scanners"]["b"] == {"name": "b", "adverts": 1, "dropped": len(bad_items)}
     assert set(diagnostics["scanners"]) == {"a", "b"}
 
