@@ -8,9 +8,10 @@ from homeassistant.helpers import config_validation as cv, device_registry as dr
 from homeassistant.helpers.device_registry import DeviceEntry
 from homeassistant.helpers.typing import ConfigType
 
-from .const import DOMAIN
+from .const import CONF_BLE_BRIDGE, DOMAIN, SUBENTRY_GROUP
 from .coordinator import I4TConfigEntry, I4TCoordinator
 from .entity import gateway_device_info, node_device_info
+from .group_entries import async_entry_updated, async_gateway_changed
 from .repairs import async_track_gateway_reachability
 from .services import async_setup_services
 
@@ -38,10 +39,34 @@ async def async_setup_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:
         config_entry_id=entry.entry_id, **gateway_device_info(coordinator)
     )
     await hass.config_entries.async_forward_entry_setups(entry, PLATFORMS)
-    _sync_devices(hass, entry)
-    entry.async_on_unload(coordinator.async_add_listener(lambda: _sync_devices(hass, entry)))
+    groups = coordinator.group_entries
+    groups.subentries = set(_group_ids(entry))
+
+    @callback
+    def gateway_changed() -> None:
+        _sync_devices(hass, entry)
+        async_gateway_changed(hass, entry, groups)
+
+    gateway_changed()
+    entry.async_on_unload(coordinator.async_add_listener(gateway_changed))
     entry.async_on_unload(async_track_gateway_reachability(hass, entry))
+    applied_options = dict(entry.options)
+
+    async def entry_updated(hass: HomeAssistant, entry: I4TConfigEntry) -> None:
+        async_entry_updated(hass, entry, groups)
+        if entry.options.get(CONF_BLE_BRIDGE, True) != applied_options.get(CONF_BLE_BRIDGE, True):
+            hass.config_entries.async_schedule_reload(entry.entry_id)
+
+    entry.async_on_unload(entry.add_update_listener(entry_updated))
     return True
+
+
+def _group_ids(entry: I4TConfigEntry) -> list[str]:
+    return [
+        str(subentry.data["group_id"])
+        for subentry in entry.subentries.values()
+        if subentry.subentry_type == SUBENTRY_GROUP
+    ]
 
 
 async def async_unload_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:

@@ -10,6 +10,18 @@ LOGGER = logging.getLogger(__package__)
 
 CONF_GATEWAY_ID: Final = "gateway_id"
 CONF_BLE_BRIDGE: Final = "ble_bridge"
+CONF_TIMEOUT_FACTOR: Final = "timeout_factor"
+CONF_QUORUM: Final = "quorum"
+DEFAULT_TIMEOUT_FACTOR: Final = 3.0
+SUBENTRY_GROUP: Final = "group"
+
+# Quorum policies offered in the UI, as the gateway's group commands take them.
+QUORUM_POLICIES: Final[dict[str, dict[str, object]]] = {
+    "majority": {"kind": "majority", "value": 0},
+    "all": {"kind": "percent", "value": 100},
+    "any": {"kind": "count", "value": 1},
+}
+DEFAULT_QUORUM: Final = "majority"
 
 # The gateway's local API (docs/API.md). Only major version 1 is understood.
 API_VERSION: Final = 1

@@ -33,6 +33,7 @@ from .api import (
     parse_json,
 )
 from .const import CONF_GATEWAY_ID, DOMAIN, EVENT_I4T, LOGGER
+from .group_state import GroupEntries
 
 type I4TConfigEntry = ConfigEntry[I4TCoordinator]
 
@@ -73,6 +74,7 @@ class I4TCoordinator(DataUpdateCoordinator[GatewayState]):
         self._group_listeners: dict[str, list[CALLBACK_TYPE]] = {}
         self._event_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.group_entries = GroupEntries()
 
     # -- set-up --------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ import json
 from typing import Any
 from unittest.mock import patch
 
-from homeassistant.config_entries import SOURCE_MQTT, SOURCE_USER
+from homeassistant.config_entries import SOURCE_HASSIO, SOURCE_MQTT, SOURCE_USER
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers.service_info.hassio import HassioServiceInfo
 from homeassistant.helpers.service_info.mqtt import MqttServiceInfo
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -171,3 +172,73 @@ async def test_user_step_without_mqtt_aborts(hass: HomeAssistant) -> None:
         result = await hass.config_entries.flow.async_init(DOMAIN, context={"source": SOURCE_USER})
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "mqtt_not_available"
+
+
+def hassio(config: dict[str, Any]) -> HassioServiceInfo:
+    return HassioServiceInfo(config=config, name="I4T Gateway", slug="i4t_gateway", uuid="1")
+
+
+async def test_addon_discovery_confirm_creates_entry(
+    hass: HomeAssistant, broker: RetainedBroker, announcement: dict[str, Any]
+) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN,
+        context={"source": SOURCE_HASSIO},
+        data=hassio({"gateway_id": announcement["id"], "name": "Shed"}),
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "discovery_confirm"
+    with patch("custom_components.i4t.async_setup_entry", return_value=True):
+        result = await hass.config_entries.flow.async_configure(result["flow_id"], {})
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert result["title"] == "Shed"
+    assert result["result"].unique_id == announcement["id"]
+
+
+async def test_addon_discovery_without_a_gateway_id_aborts(
+    hass: HomeAssistant, broker: RetainedBroker
+) -> None:
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_HASSIO}, data=hassio({"name": "x"})
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "invalid_discovery_info"
+
+
+async def test_reconfigure_takes_the_gateways_new_name(
+    hass: HomeAssistant,
+    broker: RetainedBroker,
+    announcement: dict[str, Any],
+    gateway_entry: MockConfigEntry,
+) -> None:
+    gateway_entry.add_to_hass(hass)
+    broker.set(
+        f"i4t/discovery/{announcement['id']}", json.dumps({**announcement, "name": "Renamed"})
+    )
+    result = await gateway_entry.start_reconfigure_flow(hass)
+    assert result["type"] is FlowResultType.FORM
+    assert result["step_id"] == "reconfigure"
+    with patch("custom_components.i4t.async_setup_entry", return_value=True):
+        result = await hass.config_entries.flow.async_configure(
+            result["flow_id"], {CONF_GATEWAY_ID: announcement["id"]}
+        )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "reconfigure_successful"
+    assert gateway_entry.title == "Renamed"
+
+
+async def test_reconfigure_to_another_gateway_is_refused(
+    hass: HomeAssistant,
+    broker: RetainedBroker,
+    announcement: dict[str, Any],
+    gateway_entry: MockConfigEntry,
+) -> None:
+    gateway_entry.add_to_hass(hass)
+    other = {**announcement, "id": "i4tanotheranotheranotheranoth", "name": "Other"}
+    broker.set(f"i4t/discovery/{other['id']}", json.dumps(other))
+    result = await gateway_entry.start_reconfigure_flow(hass)
+    result = await hass.config_entries.flow.async_configure(
+        result["flow_id"], {CONF_GATEWAY_ID: other["id"]}
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "wrong_gateway"

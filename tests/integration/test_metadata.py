@@ -118,7 +118,7 @@ def test_brand_icon_is_a_png() -> None:
 def test_translations_cover_the_code_and_nothing_is_left_over() -> None:
     strings = json.loads((INTEGRATION / "translations" / "en.json").read_text())
     source = "\n".join(path.read_text() for path in INTEGRATION.glob("*.py"))
-    aborts = set(strings["config"]["abort"])
+    aborts = set(strings["config"]["abort"]) | set(strings["config_subentries"]["group"]["abort"])
     for reason in re.findall(r'reason="([a-z_]+)"', source):
         assert reason in aborts, reason
     used = set(re.findall(r'translation_key\s*=\s*"([a-z_]+)"', source))
