@@ -8,7 +8,8 @@ from homeassistant.helpers import config_validation as cv, device_registry as dr
 from homeassistant.helpers.device_registry import DeviceEntry
 from homeassistant.helpers.typing import ConfigType
 
-from .const import CONF_BLE_BRIDGE, DOMAIN, SUBENTRY_GROUP
+from .ble_bridge import async_setup_ble_bridge
+from .const import CONF_BLE_BRIDGE, CONF_REMOTE_SCANNERS, DOMAIN, SUBENTRY_GROUP
 from .coordinator import I4TConfigEntry, I4TCoordinator
 from .entity import gateway_device_info, node_device_info
 from .group_entries import async_entry_updated, async_gateway_changed
@@ -50,11 +51,15 @@ async def async_setup_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:
     gateway_changed()
     entry.async_on_unload(coordinator.async_add_listener(gateway_changed))
     entry.async_on_unload(async_track_gateway_reachability(hass, entry))
+    entry.async_on_unload(await async_setup_ble_bridge(hass, entry, coordinator.gateway_id))
     applied_options = dict(entry.options)
 
     async def entry_updated(hass: HomeAssistant, entry: I4TConfigEntry) -> None:
         async_entry_updated(hass, entry, groups)
-        if entry.options.get(CONF_BLE_BRIDGE, True) != applied_options.get(CONF_BLE_BRIDGE, True):
+        if any(
+            entry.options.get(key, True) != applied_options.get(key, True)
+            for key in (CONF_BLE_BRIDGE, CONF_REMOTE_SCANNERS)
+        ):
             hass.config_entries.async_schedule_reload(entry.entry_id)
 
     entry.async_on_unload(entry.add_update_listener(entry_updated))

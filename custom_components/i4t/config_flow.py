@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from homeassistant.components import mqtt
+from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
 from homeassistant.config_entries import (
     ConfigEntry,
     ConfigEntryState,
@@ -45,6 +46,7 @@ from .const import (
     CONF_BLE_BRIDGE,
     CONF_GATEWAY_ID,
     CONF_QUORUM,
+    CONF_REMOTE_SCANNERS,
     CONF_TIMEOUT_FACTOR,
     DEFAULT_QUORUM,
     DEFAULT_TIMEOUT_FACTOR,
@@ -90,6 +92,18 @@ class I4TConfigFlow(ConfigFlow, domain=DOMAIN):
         if info is None:
             return self.async_abort(reason="invalid_discovery_info")
         return await self._discovered_gateway(info.gateway_id, info.name)
+
+    async def async_step_bluetooth(
+        self, discovery_info: BluetoothServiceInfoBleak
+    ) -> ConfigFlowResult:
+        """A BTHome or I4T beacon advert matched the manifest: things are not entries.
+
+        They reach the gateway through the BLE bridge and show up as things to enroll, so
+        the advert only leads to setting up a gateway when there is none yet.
+        """
+        if self._async_current_entries():
+            return self.async_abort(reason="already_configured")
+        return self.async_abort(reason="ble_thing_needs_gateway")
 
     async def async_step_hassio(self, discovery_info: HassioServiceInfo) -> ConfigFlowResult:
         """The I4T Gateway add-on announced itself through the Supervisor."""
@@ -217,6 +231,9 @@ class I4TOptionsFlow(OptionsFlow):
                 ),
                 vol.Required(
                     CONF_BLE_BRIDGE, default=options.get(CONF_BLE_BRIDGE, True)
+                ): BooleanSelector(),
+                vol.Required(
+                    CONF_REMOTE_SCANNERS, default=options.get(CONF_REMOTE_SCANNERS, True)
                 ): BooleanSelector(),
             }
         )

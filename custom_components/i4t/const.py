@@ -10,6 +10,7 @@ LOGGER = logging.getLogger(__package__)
 
 CONF_GATEWAY_ID: Final = "gateway_id"
 CONF_BLE_BRIDGE: Final = "ble_bridge"
+CONF_REMOTE_SCANNERS: Final = "remote_scanners"
 CONF_TIMEOUT_FACTOR: Final = "timeout_factor"
 CONF_QUORUM: Final = "quorum"
 DEFAULT_TIMEOUT_FACTOR: Final = 3.0

@@ -6,7 +6,10 @@ import json
 from typing import Any
 from unittest.mock import patch
 
-from homeassistant.config_entries import SOURCE_HASSIO, SOURCE_MQTT, SOURCE_USER
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from homeassistant.components.bluetooth import BluetoothServiceInfoBleak
+from homeassistant.config_entries import SOURCE_BLUETOOTH, SOURCE_HASSIO, SOURCE_MQTT, SOURCE_USER
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers.service_info.hassio import HassioServiceInfo
@@ -242,3 +245,34 @@ async def test_reconfigure_to_another_gateway_is_refused(
     )
     assert result["type"] is FlowResultType.ABORT
     assert result["reason"] == "wrong_gateway"
+
+
+async def test_a_ble_thing_does_not_make_an_entry(
+    hass: HomeAssistant, broker: RetainedBroker, gateway_entry: MockConfigEntry
+) -> None:
+    advert = BluetoothServiceInfoBleak.from_scan(
+        source="local",
+        device=BLEDevice("A4:C1:38:12:34:56", "BTHome", {}, -60),
+        advertisement_data=AdvertisementData(
+            local_name="BTHome",
+            manufacturer_data={},
+            service_data={"0000fcd2-0000-1000-8000-00805f9b34fb": b"\x40\x01\x64"},
+            service_uuids=[],
+            tx_power=-127,
+            rssi=-60,
+            platform_data=(),
+        ),
+        monotonic_time=0.0,
+        connectable=False,
+    )
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_BLUETOOTH}, data=advert
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "ble_thing_needs_gateway"
+    gateway_entry.add_to_hass(hass)
+    result = await hass.config_entries.flow.async_init(
+        DOMAIN, context={"source": SOURCE_BLUETOOTH}, data=advert
+    )
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "already_configured"

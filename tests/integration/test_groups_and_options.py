@@ -25,7 +25,12 @@ async def test_options_apply_the_timeout_factor_on_the_gateway(
         result["flow_id"], {"timeout_factor": 4.5, "quorum": "all", "ble_bridge": True}
     )
     assert result["type"] is FlowResultType.CREATE_ENTRY
-    assert loaded_entry.options == {"timeout_factor": 4.5, "quorum": "all", "ble_bridge": True}
+    assert loaded_entry.options == {
+        "timeout_factor": 4.5,
+        "quorum": "all",
+        "ble_bridge": True,
+        "remote_scanners": True,
+    }
     assert gateway.requests[-1][0] == "configure"
     assert gateway.requests[-1][1]["timeout_factor"] == 4.5
 
@@ -203,3 +208,58 @@ async def test_group_flows_need_a_loaded_gateway(
     assert result["reason"] == "gateway_not_loaded"
     assert DOMAIN == "i4t"
     assert ConfigSubentryData  # the type exists in this HA version
+
+
+async def test_options_without_a_new_factor_send_nothing(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: FakeGateway
+) -> None:
+    hass.config_entries.async_update_entry(
+        loaded_entry, options={"timeout_factor": 3.0, "quorum": "majority", "ble_bridge": True}
+    )
+    sent = len(gateway.requests)
+    result = await hass.config_entries.options.async_init(loaded_entry.entry_id)
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"timeout_factor": 3.0, "quorum": "any", "ble_bridge": True}
+    )
+    assert result["type"] is FlowResultType.CREATE_ENTRY
+    assert len(gateway.requests) == sent
+
+
+async def test_options_of_an_unloaded_gateway_cannot_apply(
+    hass: HomeAssistant, broker: Any, gateway_entry: MockConfigEntry
+) -> None:
+    gateway_entry.add_to_hass(hass)
+    result = await hass.config_entries.options.async_init(gateway_entry.entry_id)
+    result = await hass.config_entries.options.async_configure(
+        result["flow_id"], {"timeout_factor": 5.0, "quorum": "majority", "ble_bridge": True}
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "cannot_apply"}
+
+
+async def test_editing_a_group_the_gateway_lost_or_refuses(
+    hass: HomeAssistant, loaded_entry: MockConfigEntry, gateway: FakeGateway
+) -> None:
+    subentry_id = next(iter(loaded_entry.subentries))
+    # A quorum this UI has no name for is shown as the default policy.
+    group = {**load_json("group_healthy"), "quorum": {"kind": "count", "value": 2}}
+    gateway.set_group(group)
+    await hass.async_block_till_done()
+    result = await loaded_entry.start_subentry_reconfigure_flow(hass, "group", subentry_id)
+    assert result["type"] is FlowResultType.FORM
+    gateway.answers["group_update"] = {
+        "ok": False,
+        "error": {"code": "conflict", "message": "in another group"},
+    }
+    result = await hass.config_entries.subentries.async_configure(
+        result["flow_id"],
+        {"name": "G", "members": [load_json("node_healthy")["address"]], "quorum": "majority"},
+    )
+    assert result["type"] is FlowResultType.FORM
+    assert result["errors"] == {"base": "gateway_refused"}
+
+    coordinator = loaded_entry.runtime_data
+    coordinator.data.groups.pop(group["group_id"])
+    result = await loaded_entry.start_subentry_reconfigure_flow(hass, "group", subentry_id)
+    assert result["type"] is FlowResultType.ABORT
+    assert result["reason"] == "group_not_found"

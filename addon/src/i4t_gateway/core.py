@@ -74,14 +74,20 @@ Publish = Callable[[str, bytes, bool], None]
 """publish(topic, payload, retain)"""
 
 
-class DeviceHooks:
-    """What the server does when MQTT devices are enrolled or removed (it owns the bus)."""
+class BridgeHooks:
+    """What the server's bridges do when things are enrolled or removed (it owns the bus)."""
 
     def adopt(self, definition: MqttDeviceDefinition) -> None:
-        """Start reading a device's topics."""
+        """Start reading an MQTT device's topics."""
 
     def release(self, local_id: str) -> None:
-        """Stop reading a device's topics."""
+        """Stop reading an MQTT device's topics."""
+
+    def ble_enrolled(self, thing: Thing) -> None:
+        """Start decoding a BLE thing's adverts."""
+
+    def ble_removed(self, thing: Thing) -> None:
+        """Stop decoding a BLE thing's adverts (it becomes a candidate again when heard)."""
 
 
 _REPORTED: dict[NodeHealth, NodeStatus] = {
@@ -120,7 +126,7 @@ class GatewayCore:
         *,
         policy: TimeoutPolicy | None = None,
         agent_settings: AgentSettings | None = None,
-        device_hooks: DeviceHooks | None = None,
+        device_hooks: BridgeHooks | None = None,
         saved: dict[str, Any] | None = None,
         now: float = 0.0,
     ) -> None:
@@ -130,8 +136,9 @@ class GatewayCore:
         self.things = Things(identity.public_bytes)
         self.group_names: dict[str, str] = {}
         self.counters = Counters()
-        self.devices = device_hooks or DeviceHooks()
+        self.devices = device_hooks or BridgeHooks()
         self._factor_override: float | None = None
+        self.candidates_changed = False
         self.sender = Sender(identity)
         self.receiver = Receiver(identity)
         self._muted_nodes: set[bytes] = set()
@@ -225,6 +232,7 @@ class GatewayCore:
         self._send_json(self.topics.gateway_state, state, retain=True)
 
     def publish_candidates(self) -> None:
+        self.candidates_changed = False
         candidates = [c.export() for c in self.things.candidates()]
         self._send_json(self.topics.candidates, {"candidates": candidates}, retain=True)
 
@@ -408,6 +416,15 @@ class GatewayCore:
         self._republish_group_of(thing.key)
         self._flush_groups()
 
+    def heard_unenrolled_ble(
+        self, mac: str, kind: ThingKind, now: float, *, rssi: int, hint: str | None
+    ) -> None:
+        """A BLE advert in a known format from a thing that is not enrolled."""
+        if self.things.heard_unenrolled(mac, kind, now, rssi=rssi, hint=hint):
+            self.publish_candidates()
+        else:
+            self.candidates_changed = True  # published with the next gateway state
+
     def adopted_definitions(self) -> list[MqttDeviceDefinition]:
         """The definitions of the enrolled MQTT devices, to adopt at start."""
         return [
@@ -559,6 +576,7 @@ class GatewayCore:
                 thing = self.things.enrol_ble(
                     command.kind, command.mac, command.secret, command.name, now
                 )
+                self.devices.ble_enrolled(thing)
         except (EnrolmentError, DefinitionError) as err:
             raise ApiError("invalid", str(err)) from err
         self._publish_node(thing)
@@ -581,6 +599,8 @@ class GatewayCore:
         self.things.remove(address)
         if thing.kind is ThingKind.MQTT and thing.device is not None:
             self.devices.release(str(thing.device["id"]))
+        elif thing.mac is not None:
+            self.devices.ble_removed(thing)
         self._publish(self.topics.node_state(address.text), api.CLEARED, True)
         return {}
 

@@ -10,8 +10,9 @@ import time
 
 from . import __version__, api
 from .agents import AgentSettings
+from .ble import BleCandidate, BleEndpoint, BleUpdate
 from .bus import LastWill, MqttBus
-from .core import DeviceHooks, GatewayCore
+from .core import BridgeHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
 from .identity import load_or_create_identity
 from .mqtt_devices import (
@@ -23,6 +24,7 @@ from .mqtt_devices import (
 )
 from .settings import Settings
 from .store import get_meta, open_store, set_meta
+from .things import Thing, ThingKind
 from .timeouts import TimeoutPolicy
 
 _LOGGER = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ KEY_FILE = "gateway.key"
 DATABASE_FILE = "gateway.db"
 ROLE = "gateway"
 CORE_STATE_KEY = "core_state"
+BLE_COUNTERS_KEY = "ble_counters"
 HOUSEKEEPING_SECONDS = 1.0
 SAVE_EVERY_SECONDS = 5.0
 STATE_EVERY_SECONDS = 10.0
@@ -73,7 +76,14 @@ class GatewayServer:
             on_connected=self._announce,
         )
         self.devices = DeviceFleet(self.bus.subscribe, self._on_device_event)
-        self.core.devices = _FleetHooks(self.devices)
+        self.ble = BleEndpoint(
+            self.gateway_id,
+            on_update=self._on_ble_update,
+            on_candidate=self._on_ble_candidate,
+            counters=self._load_json_meta(BLE_COUNTERS_KEY),
+        )
+        self.bus.subscribe(self.ble.topic, self.ble.handle_message, qos=0)
+        self.core.devices = _Bridges(self.devices, self.ble)
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
@@ -82,9 +92,32 @@ class GatewayServer:
         saved = get_meta(self.store, CORE_STATE_KEY)
         return None if saved is None else dict(json.loads(saved))
 
+    def _load_json_meta(self, key: str) -> dict[str, int]:
+        saved = get_meta(self.store, key)
+        return {} if saved is None else dict(json.loads(saved))
+
     def save(self) -> None:
-        """Write groups, things and learned intervals to the database."""
+        """Write groups, things, learned intervals and BLE replay counters to the database."""
         set_meta(self.store, CORE_STATE_KEY, json.dumps(self.core.export()))
+        set_meta(self.store, BLE_COUNTERS_KEY, json.dumps(dict(self.ble.counters)))
+
+    def _on_ble_update(self, update: BleUpdate) -> None:
+        thing = self.core.things.by_mac(update.mac)
+        if thing is None:
+            return
+        readings = [(r.key, r.value, r.unit, r.device_class) for r in update.readings]
+        self.core.heard(
+            thing, update.time, status=update.status, readings=readings, rssi=update.rssi
+        )
+
+    def _on_ble_candidate(self, candidate: BleCandidate) -> None:
+        self.core.heard_unenrolled_ble(
+            candidate.mac,
+            ThingKind(candidate.kind.value),
+            candidate.time,
+            rssi=candidate.rssi,
+            hint=candidate.local_name,
+        )
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         # Retained state lost while disconnected is republished on reconnect (_announce).
@@ -110,6 +143,9 @@ class GatewayServer:
             self.core.heard(thing, now, status=event.status, readings=readings)
 
     def _adopt_devices(self) -> None:
+        for thing in self.core.things:
+            if thing.mac is not None:
+                self.core.devices.ble_enrolled(thing)
         for definition in self.core.adopted_definitions():
             self.devices.adopt(definition)
         now = time.time()
@@ -163,8 +199,13 @@ class GatewayServer:
                 self.save()
                 last_save = elapsed
             if elapsed - last_state >= STATE_EVERY_SECONDS:
-                self.core.publish_gateway_state(now)
+                if self.core.candidates_changed:
+                    self.core.publish_candidates()
+                self.core.publish_gateway_state(now, self._bridge_state())
                 last_state = elapsed
+
+    def _bridge_state(self) -> dict[str, object]:
+        return {"ble": self.ble.diagnostics()}
 
     async def stop(self) -> None:
         """Save, mark the gateway offline, disconnect, stop the embedded broker, close the store."""
@@ -180,17 +221,27 @@ class GatewayServer:
         _LOGGER.info("gateway stopped")
 
 
-class _FleetHooks(DeviceHooks):
-    """Enrolment and removal on the API start and stop reading a device's topics."""
+class _Bridges(BridgeHooks):
+    """Enrolment and removal on the API start and stop the bridges' work for a thing."""
 
-    def __init__(self, fleet: DeviceFleet) -> None:
+    def __init__(self, fleet: DeviceFleet, ble: BleEndpoint) -> None:
         self._fleet = fleet
+        self._ble = ble
 
     def adopt(self, definition: MqttDeviceDefinition) -> None:
         self._fleet.adopt(definition)
 
     def release(self, local_id: str) -> None:
         self._fleet.release(local_id)
+
+    def ble_enrolled(self, thing: Thing) -> None:
+        assert thing.mac is not None
+        key = None if thing.secret is None else bytes.fromhex(thing.secret)
+        self._ble.enroll(thing.mac, thing.kind.value, key)
+
+    def ble_removed(self, thing: Thing) -> None:
+        assert thing.mac is not None
+        self._ble.forget(thing.mac)
 
 
 async def run_until_stopped(server: GatewayServer, stop: asyncio.Event) -> None:
