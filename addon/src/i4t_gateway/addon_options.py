@@ -173,4 +173,18 @@ def settings_from_addon(
         name=options.name,
         log_level=options.log_level,
         mqtt_devices=tuple(options.mqtt_devices),
+        **_upstream_settings(options),
     )
+
+
+def _upstream_settings(options: AddonOptions) -> dict[str, Any]:
+    upstream = options.upstream
+    if upstream is None:
+        return {}
+    broker = upstream.broker
+    scheme = "mqtts" if broker.tls else "mqtt"
+    return {
+        "upstream_url": f"{scheme}://{broker.host}:{broker.port}",
+        "upstream_token": upstream.token,
+        "upstream_router": upstream.router.text,
+    }

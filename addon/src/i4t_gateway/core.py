@@ -67,6 +67,7 @@ from .mqtt_devices import (
 from .payloads import Command, Data, HealthResponse, NodeHealth, PacketType, Payload
 from .things import EnrolmentError, Thing, ThingKind, Things
 from .timeouts import TimeoutPolicy
+from .wire import Packet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,6 +90,13 @@ class BridgeHooks:
     def ble_removed(self, thing: Thing) -> None:
         """Stop decoding a BLE thing's adverts (it becomes a candidate again when heard)."""
 
+    def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
+        """Queue ``data`` for the regional router; call ``stored`` once it is durable.
+
+        Returns None when queued, else why not ("no_uplink", "queue_full", "rate_limited").
+        """
+        return "no_uplink"
+
 
 _REPORTED: dict[NodeHealth, NodeStatus] = {
     NodeHealth.HEALTHY: NodeStatus.HEALTHY,
@@ -103,6 +111,8 @@ class Counters:
     received: int = 0
     delivered_local: int = 0
     acked: int = 0
+    forwarded_up: int = 0
+    delivered_down: int = 0
     no_route: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
@@ -111,6 +121,8 @@ class Counters:
             "received": self.received,
             "delivered_local": self.delivered_local,
             "acked": self.acked,
+            "forwarded_up": self.forwarded_up,
+            "delivered_down": self.delivered_down,
             "no_route": self.no_route,
             "dropped": dict(sorted(self.dropped.items())),
         }
@@ -457,11 +469,32 @@ class GatewayCore:
         if inbound.for_me:
             self._consume(thing, inbound, now)
         elif not self._route_local(inbound):
+            self._route_up(inbound)
+            return
+        self._done(inbound)
+
+    def _done(self, inbound: Inbound) -> None:
+        """The packet is delivered or stored: remember it (de-dup) and ack it to its thing."""
+        self.receiver.handled(inbound)
+        self._ack(inbound.packet.src, inbound.packet.message_id)
+
+    def _route_up(self, inbound: Inbound) -> None:
+        """Anything not for this hub goes to the regional router, acked once durable there."""
+        try:
+            data = inbound.received.forwarded()
+        except PacketError:
+            self.counters.dropped["hop_limit"] += 1
+            self._done(inbound)  # refused for good: ack so that the thing stops retrying
+            return
+        refused = self.devices.forward_up(inbound.packet, data, lambda: self._stored(inbound))
+        if refused is not None:
             # Not stored anywhere, so not acked: the thing keeps it and retries later.
             self.counters.no_route += 1
-            return
-        self.receiver.handled(inbound)
-        self._ack(packet.src, packet.message_id)
+            self.counters.dropped[refused] += 1
+
+    def _stored(self, inbound: Inbound) -> None:
+        self.counters.forwarded_up += 1
+        self._done(inbound)
 
     def _heard_unenrolled_native(self, inbound: Inbound, now: float) -> None:
         packet = inbound.packet
@@ -706,11 +739,36 @@ class GatewayCore:
 
     def _send(self, command: Send) -> dict[str, Any]:
         target = self.things.get(command.destination)
-        if target is None or target.kind is not ThingKind.NATIVE:
-            raise ApiError("no_route", "the destination is not a native thing of this gateway")
         packet = self.sender.packet(command.destination, Command(command.command, command.args))
-        self._publish(api.thing_down(command.destination.text), self.sender.seal(packet), False)
+        data = self.sender.seal(packet)
+        if target is not None and target.kind is ThingKind.NATIVE:
+            self._publish(api.thing_down(command.destination.text), data, False)
+        elif target is not None:
+            raise ApiError("no_route", "commands to BLE and MQTT things are not supported yet")
+        elif (refused := self.devices.forward_up(packet, data, lambda: None)) is not None:
+            raise ApiError("no_route", f"not a thing of this gateway, and no uplink ({refused})")
         return {"message_id": packet.message_id.hex()}
+
+    def deliver_from_router(self, inbound: Inbound) -> None:
+        """A packet the router sent down for one of this gateway's native things."""
+        target = self.things.get(inbound.packet.dst)
+        if target is None or target.kind is not ThingKind.NATIVE:
+            self.counters.dropped["unasked"] += 1
+            return
+        try:
+            data = inbound.received.forwarded()
+        except PacketError:
+            self.counters.dropped["hop_limit"] += 1
+            return
+        self._publish(api.thing_down(target.address.text), data, False)
+        self.counters.delivered_down += 1
+
+    def serves(self, address: Address) -> bool:
+        """Whether packets for ``address`` belong here: the gateway and its native things."""
+        thing = self.things.get(address)
+        return address == self.identity.address or (
+            thing is not None and thing.kind is ThingKind.NATIVE
+        )
 
 
 def _members(group: Group) -> list[Member]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import contextlib
 import json
 import logging
@@ -11,10 +12,12 @@ import time
 from . import __version__, api
 from .agents import AgentSettings
 from .ble import BleCandidate, BleEndpoint, BleUpdate
-from .bus import LastWill, MqttBus
+from .bus import LastWill, MqttBus, TlsFiles
 from .core import BridgeHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
-from .identity import load_or_create_identity
+from .endpoint import Inbound, Receiver
+from .identity import Address, load_or_create_identity
+from .links import Forwarder, RouterLink
 from .mqtt_devices import (
     DeviceEvent,
     DeviceEventKind,
@@ -22,10 +25,12 @@ from .mqtt_devices import (
     MqttDeviceDefinition,
     proxied_address,
 )
+from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup
 from .settings import Settings
 from .store import get_meta, open_store, set_meta
 from .things import Thing, ThingKind
 from .timeouts import TimeoutPolicy
+from .wire import Packet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,10 +88,41 @@ class GatewayServer:
             counters=self._load_json_meta(BLE_COUNTERS_KEY),
         )
         self.bus.subscribe(self.ble.topic, self.ble.handle_message, qos=0)
-        self.core.devices = _Bridges(self.devices, self.ble)
+        self.commits = GroupCommit(self.store)
+        self.forwarder = self._make_forwarder(settings)
+        self.core.devices = _Bridges(self.devices, self.ble, self.forwarder)
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
+
+    def _make_forwarder(self, settings: Settings) -> Forwarder | None:
+        """The durable uplink to the regional router, when one is configured."""
+        if not (settings.upstream_url and settings.upstream_token and settings.upstream_router):
+            return None
+        tls = TlsFiles(ca_file=settings.upstream_ca_file) if settings.upstream_ca_file else None
+        link = RouterLink.from_url(
+            settings.upstream_url,
+            token=settings.upstream_token,
+            router=Address.from_text(settings.upstream_router),
+            tls_files=tls,
+        )
+        receiver = Receiver(
+            self.identity,
+            keys=self.core.receiver.keys,
+            guard=self.core.receiver.guard,
+            dedup=PersistentDedup(self.commits),
+        )
+        return Forwarder(
+            sender=self.core.sender,  # one sequencer per key, or receivers see replays
+            receiver=receiver,
+            link=link,
+            queue=PacketQueue(self.commits),
+            deliver=self._deliver_from_router,
+            serves=self.core.serves,
+        )
+
+    async def _deliver_from_router(self, inbound: Inbound) -> None:
+        self.core.deliver_from_router(inbound)
 
     def _load_core_state(self) -> dict[str, object] | None:
         saved = get_meta(self.store, CORE_STATE_KEY)
@@ -169,6 +205,8 @@ class GatewayServer:
         if self._embedded is not None:
             await self._embedded.start()
         await self.bus.start()
+        if self.forwarder is not None:
+            await self.forwarder.start()
         self._housekeeping = asyncio.create_task(self._keep_house(), name="housekeeping")
         _LOGGER.info("gateway %s started (version %s)", self.identity.address.short(), __version__)
 
@@ -205,7 +243,15 @@ class GatewayServer:
                 last_state = elapsed
 
     def _bridge_state(self) -> dict[str, object]:
-        return {"ble": self.ble.diagnostics()}
+        state: dict[str, object] = {"ble": self.ble.diagnostics()}
+        if self.forwarder is not None:
+            uplink = self.forwarder.stats()
+            state["uplink"] = {
+                **uplink.as_dict(),
+                "connected": uplink.link_up,
+                "router": self.settings.upstream_router,
+            }
+        return state
 
     async def stop(self) -> None:
         """Save, mark the gateway offline, disconnect, stop the embedded broker, close the store."""
@@ -213,6 +259,9 @@ class GatewayServer:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.forwarder is not None:
+            await self.forwarder.stop()
+        self.commits.flush()
         self.save()
         await self.bus.stop(goodbye=(self.topics.availability, api.OFFLINE))
         if self._embedded is not None:
@@ -222,11 +271,23 @@ class GatewayServer:
 
 
 class _Bridges(BridgeHooks):
-    """Enrolment and removal on the API start and stop the bridges' work for a thing."""
+    """Enrolment and removal on the API start and stop the bridges' work for a thing;
+    packets for elsewhere go to the uplink."""
 
-    def __init__(self, fleet: DeviceFleet, ble: BleEndpoint) -> None:
+    def __init__(self, fleet: DeviceFleet, ble: BleEndpoint, uplink: Forwarder | None) -> None:
         self._fleet = fleet
         self._ble = ble
+        self._uplink = uplink
+
+    def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
+        if self._uplink is None:
+            return "no_uplink"
+        try:
+            durable = self._uplink.submit(packet, data)
+        except ForwardError as err:
+            return err.reason
+        durable.add_done_callback(lambda done: stored() if done.exception() is None else None)
+        return None
 
     def adopt(self, definition: MqttDeviceDefinition) -> None:
         self._fleet.adopt(definition)

@@ -75,6 +75,12 @@ class Settings:
     health_poll_seconds: float = 300.0
     status_refresh_seconds: float = 900.0
     gossip_seconds: float = 60.0
+    # The regional router (docs/ROUTER.md): broker URL, the operator's token, the router's
+    # address (its acks must be signed by it) and, for a private CA, its certificate file.
+    upstream_url: str | None = None
+    upstream_token: str | None = None
+    upstream_router: str | None = None
+    upstream_ca_file: Path | None = None
     # MQTT devices to adopt at start (the add-on's options); enrolled once, then persisted.
     mqtt_devices: tuple[MqttDeviceDefinition, ...] = ()
 
@@ -146,6 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds: the timeout used until a node's interval is learned",
     )
     parser.add_argument(
+        "--upstream",
+        default=env("I4T_UPSTREAM_URL"),
+        help="the regional router's broker, mqtts://host[:port] (env I4T_UPSTREAM_URL); the "
+        "token comes from env I4T_UPSTREAM_TOKEN so that it is not on the command line",
+    )
+    parser.add_argument(
+        "--upstream-router",
+        default=env("I4T_UPSTREAM_ROUTER"),
+        help="the router's I4T address: its acks must be signed by it (env I4T_UPSTREAM_ROUTER)",
+    )
+    parser.add_argument(
+        "--upstream-ca",
+        type=Path,
+        default=env("I4T_UPSTREAM_CA"),
+        help="CA certificate file for the router's TLS, when it is not publicly signed",
+    )
+    parser.add_argument(
         "--health-poll-seconds",
         type=float,
         default=float(env("I4T_HEALTH_POLL_SECONDS", "300")),
@@ -187,7 +210,18 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     for interval in ("health_poll_seconds", "status_refresh_seconds", "gossip_seconds"):
         if not getattr(args, interval) > 0:
             raise SettingsError(f"--{interval.replace('_', '-')} must be positive")
+    upstream_token = os.environ.get("I4T_UPSTREAM_TOKEN")
+    if args.upstream and not (args.upstream_router and upstream_token):
+        raise SettingsError(
+            "--upstream needs --upstream-router and the token in env I4T_UPSTREAM_TOKEN"
+        )
+    if args.upstream:
+        BrokerAddress.from_url(args.upstream)  # a clear error now rather than at connect
     return Settings(
+        upstream_url=args.upstream,
+        upstream_token=upstream_token,
+        upstream_router=args.upstream_router,
+        upstream_ca_file=args.upstream_ca,
         data_dir=args.data_dir,
         broker=broker,
         embedded_host=args.embedded_host,
