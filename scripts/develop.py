@@ -22,7 +22,12 @@ BIN = ROOT / ".venv" / "bin"
 DEV_USER = "dev"
 DEV_PASSWORD = "i4t-dev"
 STOP_GRACE_SECONDS = 20
-COLOURS = {"gateway": "\033[36m", "hass": "\033[35m", "develop": "\033[33m"}
+COLOURS = {
+    "gateway": "\033[36m",
+    "hass": "\033[35m",
+    "simulator": "\033[32m",
+    "develop": "\033[33m",
+}
 
 HA_CONFIGURATION = """\
 # Written by ./scripts/develop; minimal on purpose (default_config: reaches the internet).
@@ -59,6 +64,8 @@ class Options:
     ha_port: int
     mqtt_port: int
     auto_setup: bool
+    wifi_things: int
+    ble_things: int
 
     @property
     def ha_config(self) -> Path:
@@ -83,8 +90,12 @@ def parse_args() -> Options:
         action="store_true",
         help="no automatic onboarding and MQTT set-up: a fresh HA to click through",
     )
+    parser.add_argument("--wifi", type=int, default=3, help="simulated Wi-Fi things (3)")
+    parser.add_argument("--ble", type=int, default=3, help="simulated BLE things (3)")
     args = parser.parse_args()
-    return Options(args.var.resolve(), args.ha_port, args.mqtt_port, not args.bare)
+    return Options(
+        args.var.resolve(), args.ha_port, args.mqtt_port, not args.bare, args.wifi, args.ble
+    )
 
 
 def prepare_ha_config(options: Options) -> None:
@@ -275,6 +286,119 @@ def configure_home_assistant(options: Options) -> None:
     ensure_gateway_entry(options.ha_url, token)
 
 
+# -- the simulated things: enrolled and grouped through the gateway's own API -----------------
+
+
+def enrol_simulated(options: Options, manifest_file: Path) -> None:
+    """Enrol every simulated thing and put them in one node group (idempotent)."""
+    try:
+        deadline = time.monotonic() + 60
+        while not manifest_file.exists():
+            if time.monotonic() > deadline:
+                say("the simulator wrote no manifest; things are not enrolled")
+                return
+            pause(0.5)
+        manifest = json.loads(manifest_file.read_text())
+        client = GatewayClient(options.mqtt_port, manifest["gateway_id"])
+        try:
+            addresses = [client.enrol(thing) for thing in manifest["things"]]
+            client.group(addresses)
+        finally:
+            client.close()
+        say(
+            f"{len(addresses)} simulated things enrolled in the node group 'Simulated things'; "
+            "silence one with: ./scripts/sim silent 0  (revive: ./scripts/sim healthy 0)"
+        )
+    except InterruptedError:
+        pass
+    except (OSError, KeyError, ValueError, TimeoutError) as err:
+        say(f"enrolling the simulated things failed: {err}")
+
+
+class GatewayClient:
+    """Requests on the gateway's local API (docs/API.md), as any client would send them."""
+
+    def __init__(self, port: int, gateway_id: str) -> None:
+        import paho.mqtt.client as mqtt  # noqa: PLC0415 - only this helper needs paho
+        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+        self.base = f"i4t/{gateway_id}"
+        self._replies: dict[str, dict[str, Any]] = {}
+        self._ready = threading.Event()
+        self._lock = threading.Condition()
+        self._client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        self._client.on_connect = lambda client, *_: client.subscribe(f"{self.base}/reply/+", 1)
+        self._client.on_subscribe = lambda *_: self._ready.set()
+        self._client.on_message = self._on_reply
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not self._ready.wait(10):
+            raise TimeoutError("cannot subscribe to the gateway's replies")
+        self._count = 0
+
+    def _on_reply(self, client: object, userdata: object, message: Any) -> None:
+        reply = json.loads(message.payload)
+        with self._lock:
+            self._replies[str(reply.get("request_id"))] = reply
+            self._lock.notify_all()
+
+    def request(self, command: str, **body: Any) -> dict[str, Any]:
+        self._count += 1
+        request_id = f"develop-{os.getpid()}-{self._count}"
+        payload = json.dumps({"request_id": request_id, **body})
+        self._client.publish(f"{self.base}/cmd/{command}", payload, qos=1)
+        with self._lock:
+            if not self._lock.wait_for(lambda: request_id in self._replies, timeout=10):
+                raise TimeoutError(f"the gateway did not answer {command}")
+            return self._replies.pop(request_id)
+
+    def enrol(self, thing: dict[str, Any]) -> str:
+        name = f"Simulated {thing['kind']} {thing['index']}"
+        if thing["kind"] == "native":
+            body = {"kind": "native", "public_key": thing["public_key"]}
+        elif thing["kind"] == "beacon":
+            body = {"kind": "beacon", "mac": thing["mac"], "key": thing["beacon_key"]}
+        else:
+            body = {"kind": "bthome", "mac": thing["mac"]}
+            if thing.get("bindkey"):
+                body["bindkey"] = thing["bindkey"]
+        reply = self.request("enroll", name=name, **body)
+        if reply["ok"]:
+            return str(reply["result"]["address"])
+        if "enrolled already" in reply["error"]["message"]:
+            return self._address_of(thing)
+        raise ValueError(f"enrolling {name}: {reply['error']['message']}")
+
+    def _address_of(self, thing: dict[str, Any]) -> str:
+        if thing["kind"] == "native":
+            return str(thing["address"])
+        from i4t_gateway.identity import Address  # noqa: PLC0415
+
+        gateway_key = self._gateway_key()
+        return Address.for_proxied(gateway_key, f"{thing['kind']}:{thing['mac']}".encode()).text
+
+    def _gateway_key(self) -> bytes:
+        from i4t_gateway.identity import load_identity  # noqa: PLC0415
+
+        return load_identity(ROOT / "var" / "gateway" / "gateway.key").public_bytes
+
+    def group(self, addresses: list[str]) -> None:
+        members = [
+            {"address": address, "role": "seed" if index == 0 else "worker"}
+            for index, address in enumerate(addresses)
+        ]
+        body = {"name": "Simulated things", "members": members}
+        reply = self.request("group_create", group_id="simulated", **body)
+        if not reply["ok"] and reply["error"]["code"] == "conflict":
+            reply = self.request("group_update", group_id="simulated", **body)
+        if not reply["ok"]:
+            raise ValueError(f"grouping the simulated things: {reply['error']['message']}")
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
 async def main() -> int:
     options = parse_args()
     prepare_ha_config(options)
@@ -282,13 +406,23 @@ async def main() -> int:
     gateway, gateway_log = await start(
         "gateway",
         str(BIN / "i4t-gateway"),
-        "--data-dir",
-        str(options.gateway_data),
-        "--embedded-port",
-        str(options.mqtt_port),
-        "--name",
-        "Development gateway",
+        *("--data-dir", str(options.gateway_data)),
+        *("--embedded-port", str(options.mqtt_port)),
+        *("--name", "Development gateway"),
+        # Short timeouts, so that a silenced thing is dead within a minute, not fifteen.
+        *("--timeout-floor", "15", "--timeout-fallback", "60"),
     )
+    manifest = options.var / "simulator.json"
+    manifest.unlink(missing_ok=True)
+    simulator, simulator_log = await start(
+        "simulator",
+        str(BIN / "i4t-simulator"),
+        *("--broker", f"mqtt://127.0.0.1:{options.mqtt_port}"),
+        *("--sim-id", "dev", "--seed", "i4t-dev", "--interval", "5"),
+        *("--wifi", str(options.wifi_things), "--ble", str(options.ble_things)),
+        *("--manifest", str(manifest)),
+    )
+    enrolment = asyncio.create_task(asyncio.to_thread(enrol_simulated, options, manifest))
     hass, hass_log = await start(
         "hass",
         str(BIN / "hass"),
@@ -306,15 +440,17 @@ async def main() -> int:
         f"Home Assistant: {options.ha_url} (user {DEV_USER!r}, password {DEV_PASSWORD!r}); "
         "Ctrl-C stops everything"
     )
-    ended = [asyncio.create_task(p.wait()) for p in (gateway, hass)]
+    ended = [asyncio.create_task(p.wait()) for p in (gateway, hass, simulator)]
     waiter = asyncio.create_task(stop_requested.wait())
     await asyncio.wait([waiter, *ended], return_when=asyncio.FIRST_COMPLETED)
     if not stop_requested.is_set():
         say("a process ended on its own; stopping the rest")
     CANCELLED.set()
+    await stop("simulator", simulator)
     await stop("hass", hass)
     await stop("gateway", gateway)
-    await asyncio.gather(gateway_log, hass_log, return_exceptions=True)
+    await asyncio.gather(gateway_log, hass_log, simulator_log, return_exceptions=True)
+    await enrolment
     if options.auto_setup:
         await setup
     waiter.cancel()
