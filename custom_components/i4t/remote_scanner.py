@@ -1,4 +1,4 @@
-"""Remote BLE scanners over MQTT, fed into HA's bluetooth stack (docs/API-SCANNERS.md).
+"""Remote BLE scanners over MQTT, fed into HA's bluetooth stack (docs/API.md, remote BLE scanners).
 
 ESP32 scanners, other I4T gateways and the simulator publish what they hear on
 ``i4t/scanner/<scanner id>/adverts`` in the advert batch format of the gateway's BLE API

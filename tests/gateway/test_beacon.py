@@ -1,4 +1,4 @@
-"""The I4T BLE beacon: byte-exact vectors both ways, tampering, replay (docs/BLE_BEACON.md)."""
+"""The I4T BLE beacon: byte-exact vectors both ways, tampering, replay (docs/PROTOCOL.md §14)."""
 
 from __future__ import annotations
 

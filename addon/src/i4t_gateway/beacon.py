@@ -1,4 +1,4 @@
-"""The I4T BLE status beacon (docs/BLE_BEACON.md): a compact, authenticated status frame that an
+"""The I4T BLE status beacon (docs/PROTOCOL.md §14): a compact, authenticated status frame that an
 I4T-native BLE thing broadcasts as service data under its own 128-bit service UUID.
 
 Frame: ``header(1) || counter(4, little-endian) || readings || tag(4)``.

@@ -2,7 +2,7 @@
 
 BLE never reaches the gateway directly. HA's bluetooth stack (local adapters and ESPHome
 proxies alike) hears adverts; the integration forwards them in JSON batches on
-``i4t/<gateway id>/ble/adverts`` (docs/API-BLE.md, schema ``ble_adverts``). This module checks
+``i4t/<gateway id>/ble/adverts`` (docs/API.md, BLE, schema ``ble_adverts``). This module checks
 each batch against that contract, then each advert:
 
 * from an enrolled BTHome sensor: decoded with bthome-ble (ble_bthome.py), plain or encrypted;
@@ -14,7 +14,7 @@ Encrypted BTHome and beacon counters must strictly grow; the last accepted count
 kept in a mapping the caller persists. Every refused advert is dropped and counted by reason in
 ``dropped``; nothing here raises on input from the network.
 
-Derived status (docs/API-BLE.md): BROKEN when the advert says so (a beacon's broken bit, a
+Derived status (docs/API.md, BLE): BROKEN when the advert says so (a beacon's broken bit, a
 BTHome "problem" binary sensor that is on), when three adverts in a row from an enrolled MAC
 fail authentication (wrong bindkey or key, or someone else using the address), or when three
 authentic adverts in a row carry a counter below the last accepted one (the thing restarted

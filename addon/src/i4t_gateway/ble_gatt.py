@@ -4,7 +4,7 @@ The gateway cannot reach BLE itself, so it publishes a :class:`GattRequest` on
 ``i4t/<gateway id>/ble/gatt/request``; the integration connects through HA's bluetooth stack
 (a local adapter or an ESPHome proxy), writes the characteristic, disconnects, and answers with
 a :class:`GattResult` on ``i4t/<gateway id>/ble/gatt/result`` carrying the same id. Schemas:
-``ble_gatt_request`` and ``ble_gatt_result``; contract: docs/API-BLE.md.
+``ble_gatt_request`` and ``ble_gatt_result``; contract: docs/API.md, BLE.
 
 :class:`GattRequests` keeps the pending requests by id, bounded, and ends each exactly once:
 with the integration's result, or with ``timeout`` when none came in time. It is clock-free like
