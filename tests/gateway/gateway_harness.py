@@ -106,6 +106,29 @@ class Harness:
     async def stop(self) -> None:
         await self.server.stop()
         self.probe.close()
+        self.validate_everything_published()
+
+    def validate_everything_published(self) -> None:
+        """Every message the gateway published on its API matches its schema (docs/API.md)."""
+        base = self.topics.base
+        schemas = [
+            (f"{base}/state/gateway", "gateway_state"),
+            (f"{base}/state/node/", "node_state"),
+            (f"{base}/state/group/", "group_state"),
+            (f"{base}/state/candidates", "candidates"),
+            (f"{base}/event/node", "node_event"),
+            (f"{base}/event/group", "group_event"),
+            (f"{base}/reply/", "reply"),
+            (f"{base}/ble/gatt/request", "ble_gatt_request"),
+            (self.topics.discovery, "gateway_info"),
+        ]
+        checked = 0
+        for topic, payload, _ in list(self.probe.messages):
+            for prefix, schema in schemas:
+                if topic.startswith(prefix) and payload:  # empty: retained state cleared
+                    assert_valid(schema, payload)
+                    checked += 1
+        assert checked, "the gateway published nothing on its API"
 
     @property
     def gateway(self) -> Address:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from i4t_gateway.beacon import GATT_PACKET_IN_UUID, GATT_SERVICE_UUID
+from i4t_gateway.identity import Address
 from i4t_gateway.mqtt_devices import tasmota_sensor
 from i4t_gateway.payloads import Command, NodeHealth
 from i4t_gateway.wire import DEFAULT_HOP_LIMIT, open_packet
@@ -288,3 +290,36 @@ async def test_configure_sets_the_timeout_factor_and_keeps_it(harness: Harness) 
     assert harness.server.core.export()["timeout_factor"] == 4.0
     reply = await harness.request("configure", timeout_factor=0.5)
     assert reply["error"]["code"] == "invalid"
+
+
+async def test_send_to_a_ble_thing_is_a_gatt_write_through_the_integration(
+    harness: Harness,
+) -> None:
+    reply = await harness.request(
+        "enroll", kind="beacon", name="Valve", mac="E8:51:6B:EA:37:DF", key="8a" * 16
+    )
+    assert reply["ok"], reply
+    valve = Address.from_text(reply["result"]["address"])
+    reply = await harness.request("send", destination=valve.text, command="open")
+    assert reply["ok"], reply
+    request_topic = f"{harness.topics.base}/ble/gatt/request"
+    await eventually(lambda: harness.probe.last(request_topic) is not None)
+    request = assert_valid("ble_gatt_request", harness.probe.last(request_topic) or b"")
+    assert request["address"] == "E8:51:6B:EA:37:DF"
+    assert (request["service"], request["characteristic"]) == (
+        GATT_SERVICE_UUID,
+        GATT_PACKET_IN_UUID,
+    )
+    packet = open_packet(bytes.fromhex(request["data"])).packet
+    assert (packet.src, packet.dst) == (harness.gateway, valve)
+    assert packet.payload == Command("open", {})
+    # The integration reports back; the gateway counts it.
+    result = {"api": 1, "id": request["id"], "ok": True}
+    harness.probe.client.publish(
+        f"{harness.topics.base}/ble/gatt/result", json.dumps(result).encode(), qos=1
+    )
+    await eventually(lambda: harness.server.bridges.gatt_results() == {"ok": 1})
+    # BTHome sensors take no commands.
+    reply = await harness.request("enroll", kind="bthome", name="Fridge", mac="A4:C1:38:12:34:56")
+    reply = await harness.request("send", destination=reply["result"]["address"], command="x")
+    assert reply["error"]["code"] == "no_route"

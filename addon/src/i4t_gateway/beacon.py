@@ -25,6 +25,10 @@ import uuid
 from .ble_common import BleReading, mac_bytes
 
 BEACON_UUID: Final = "17d234ab-de7a-4c3d-8846-9ca593acc999"
+GATT_SERVICE_UUID: Final = BEACON_UUID
+"""Connectable beacons expose this service for commands (PROTOCOL.md §14.7)."""
+GATT_PACKET_IN_UUID: Final = "fd5adc69-d6b5-4079-82d9-38f607086c07"
+"""Its one characteristic: the gateway writes a whole sealed I4T packet into it."""
 """The service UUID of the beacon (random, version 4), in HA's lower-case text form."""
 BEACON_UUID_BYTES: Final = uuid.UUID(BEACON_UUID).bytes
 VERSION: Final = 1

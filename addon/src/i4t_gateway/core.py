@@ -90,6 +90,11 @@ class BridgeHooks:
     def ble_removed(self, thing: Thing) -> None:
         """Stop decoding a BLE thing's adverts (it becomes a candidate again when heard)."""
 
+    def gatt_write(self, thing: Thing, data: bytes) -> str | None:
+        """Have the integration write ``data`` into a BLE thing's packet-in characteristic;
+        None when requested, else why not."""
+        return "no_ble_bridge"
+
     def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
         """Queue ``data`` for the regional router; call ``stored`` once it is durable.
 
@@ -743,8 +748,11 @@ class GatewayCore:
         data = self.sender.seal(packet)
         if target is not None and target.kind is ThingKind.NATIVE:
             self._publish(api.thing_down(command.destination.text), data, False)
+        elif target is not None and target.kind is ThingKind.BEACON:
+            if (refused := self.devices.gatt_write(target, data)) is not None:
+                raise ApiError("no_route", f"the BLE thing cannot be reached ({refused})")
         elif target is not None:
-            raise ApiError("no_route", "commands to BLE and MQTT things are not supported yet")
+            raise ApiError("no_route", "BTHome sensors and MQTT devices take no commands")
         elif (refused := self.devices.forward_up(packet, data, lambda: None)) is not None:
             raise ApiError("no_route", f"not a thing of this gateway, and no uplink ({refused})")
         return {"message_id": packet.message_id.hex()}

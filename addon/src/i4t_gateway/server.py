@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 import contextlib
 import json
@@ -11,7 +12,9 @@ import time
 
 from . import __version__, api
 from .agents import AgentSettings
+from .beacon import GATT_PACKET_IN_UUID, GATT_SERVICE_UUID
 from .ble import BleCandidate, BleEndpoint, BleUpdate
+from .ble_gatt import GattMessageError, GattRequests, GattResult
 from .bus import LastWill, MqttBus, TlsFiles
 from .core import BridgeHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
@@ -88,9 +91,12 @@ class GatewayServer:
             counters=self._load_json_meta(BLE_COUNTERS_KEY),
         )
         self.bus.subscribe(self.ble.topic, self.ble.handle_message, qos=0)
+        self.gatt = GattRequests(self.gateway_id, self._publish_qos1)
+        self.bus.subscribe(self.gatt.result_topic, self.gatt.handle_message, qos=1)
         self.commits = GroupCommit(self.store)
         self.forwarder = self._make_forwarder(settings)
-        self.core.devices = _Bridges(self.devices, self.ble, self.forwarder)
+        self.bridges = _Bridges(self.devices, self.ble, self.gatt, self.forwarder)
+        self.core.devices = self.bridges
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
@@ -154,6 +160,9 @@ class GatewayServer:
             rssi=candidate.rssi,
             hint=candidate.local_name,
         )
+
+    def _publish_qos1(self, topic: str, payload: bytes) -> None:
+        self.bus.publish(topic, payload, qos=1)
 
     def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
         # Retained state lost while disconnected is republished on reconnect (_announce).
@@ -232,6 +241,7 @@ class GatewayServer:
             await asyncio.sleep(min(max(delay, 0.0), HOUSEKEEPING_SECONDS))
             now = time.time()
             self.core.tick(now)
+            self.gatt.expire(time.monotonic())
             elapsed = time.monotonic()
             if self.core.dirty and elapsed - last_save >= SAVE_EVERY_SECONDS:
                 self.save()
@@ -243,7 +253,10 @@ class GatewayServer:
                 last_state = elapsed
 
     def _bridge_state(self) -> dict[str, object]:
-        state: dict[str, object] = {"ble": self.ble.diagnostics()}
+        state: dict[str, object] = {
+            "ble": self.ble.diagnostics(),
+            "gatt": {"pending": len(self.gatt), **self.bridges.gatt_results()},
+        }
         if self.forwarder is not None:
             uplink = self.forwarder.stats()
             state["uplink"] = {
@@ -274,10 +287,40 @@ class _Bridges(BridgeHooks):
     """Enrolment and removal on the API start and stop the bridges' work for a thing;
     packets for elsewhere go to the uplink."""
 
-    def __init__(self, fleet: DeviceFleet, ble: BleEndpoint, uplink: Forwarder | None) -> None:
+    def __init__(
+        self,
+        fleet: DeviceFleet,
+        ble: BleEndpoint,
+        gatt: GattRequests,
+        uplink: Forwarder | None,
+    ) -> None:
         self._fleet = fleet
         self._ble = ble
+        self._gatt = gatt
         self._uplink = uplink
+        self._gatt_results: Counter[str] = Counter()
+
+    def gatt_write(self, thing: Thing, data: bytes) -> str | None:
+        assert thing.mac is not None
+        try:
+            self._gatt.submit(
+                thing.mac,
+                GATT_SERVICE_UUID,
+                GATT_PACKET_IN_UUID,
+                data,
+                now=time.monotonic(),
+                on_result=self._count_gatt_result,
+            )
+        except (GattMessageError, OverflowError) as err:
+            _LOGGER.warning("GATT write not requested: %s", err)
+            return "gatt_refused"
+        return None
+
+    def _count_gatt_result(self, result: GattResult) -> None:
+        self._gatt_results["ok" if result.ok else str(result.error)] += 1
+
+    def gatt_results(self) -> dict[str, int]:
+        return dict(self._gatt_results)
 
     def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
         if self._uplink is None:
