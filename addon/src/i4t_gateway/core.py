@@ -225,14 +225,14 @@ class GatewayCore:
     def _send_json(self, topic: str, payload: dict[str, Any], *, retain: bool) -> None:
         self._publish(topic, api.encode(payload), retain)
 
-    def publish_everything(self, now: float) -> None:
+    def publish_everything(self, now: float, extra: dict[str, Any] | None = None) -> None:
         """All retained state, e.g. after (re)connecting to a broker that may have lost it."""
         for thing in self.things:
             self._publish_node(thing)
         for group in self.registry.groups():
             self._publish_group(group.group_id)
         self.publish_candidates()
-        self.publish_gateway_state(now)
+        self.publish_gateway_state(now, extra)
 
     def publish_gateway_state(self, now: float, extra: dict[str, Any] | None = None) -> None:
         state: dict[str, Any] = {

@@ -230,7 +230,7 @@ class GatewayServer:
         )
         self.bus.publish(self.topics.discovery, api.encode(info), qos=1, retain=True)
         self.bus.publish(self.topics.availability, api.ONLINE, qos=1, retain=True)
-        self.core.publish_everything(time.time())
+        self.core.publish_everything(time.time(), self._bridge_state())
 
     async def _keep_house(self) -> None:
         """Declare silent nodes DEAD on time, save what changed, refresh the gateway's state."""
