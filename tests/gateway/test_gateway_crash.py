@@ -3,7 +3,6 @@ runs it): what the gateway acked to a thing reaches the regional router exactly 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import itertools
 import json
 import os
@@ -13,14 +12,12 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from i4t_gateway import api
 from i4t_gateway.identity import Address, Identity
 from i4t_gateway.payloads import Ack, Command
 from i4t_gateway.wire import open_packet
 
-from .brokers import Mosquitto, make_tls_certs
+from .brokers import Mosquitto
 from .gateway_harness import NativeThing
 from .mqtt_probe import Probe
 from .router_standin import RouterStandIn
@@ -29,14 +26,6 @@ ROUTER = Identity.from_seed(bytes([31]) * 32)
 FAR_AWAY = Identity.from_seed(bytes([32]) * 32)
 PACKETS = 40  # within one thing's burst allowance (links.RateLimit: 50)
 _ids = itertools.count()
-
-
-@pytest.fixture
-def router_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(workdir=tmp_path, tls=make_tls_certs(tmp_path / "certs"))
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def start_gateway(data: Path, broker: Mosquitto, router: Mosquitto) -> subprocess.Popen[bytes]:

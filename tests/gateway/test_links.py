@@ -73,14 +73,6 @@ async def until_subscribed(forwarder: Forwarder, standin: RouterStandIn) -> None
 
 
 @pytest.fixture
-def router_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(workdir=tmp_path, tls=make_tls_certs(tmp_path / "certs"))
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-@pytest.fixture
 def standin(router_broker: Mosquitto) -> Iterator[RouterStandIn]:
     assert router_broker.tls is not None
     router = RouterStandIn(router_broker.port, router_broker.tls.ca_file, ROUTER)

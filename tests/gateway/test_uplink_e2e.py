@@ -13,20 +13,12 @@ from i4t_gateway.identity import Identity
 from i4t_gateway.payloads import Command
 from i4t_gateway.wire import open_packet
 
-from .brokers import Mosquitto, make_tls_certs
+from .brokers import Mosquitto
 from .gateway_harness import Harness, eventually, fast_settings, start_harness
 from .router_standin import RouterStandIn
 
 ROUTER = Identity.from_seed(bytes([21]) * 32)
 FAR_AWAY = Identity.from_seed(bytes([22]) * 32)
-
-
-@pytest.fixture
-def router_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(workdir=tmp_path, tls=make_tls_certs(tmp_path / "certs"))
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture

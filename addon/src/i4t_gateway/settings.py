@@ -133,23 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
         "from the Supervisor's mqtt service (needs SUPERVISOR_TOKEN)",
     )
     parser.add_argument("--name", default=env("I4T_NAME", "I4T Gateway"), help="display name")
-    parser.add_argument(
+    _seconds_or_factor(
+        parser,
         "--timeout-factor",
-        type=float,
-        default=float(env("I4T_TIMEOUT_FACTOR", "3")),
-        help="a node is DEAD after this many times its largest learned reporting gap",
+        "3",
+        "a node is DEAD after this many times its largest learned reporting gap",
     )
-    parser.add_argument(
+    _seconds_or_factor(
+        parser,
         "--timeout-floor",
-        type=float,
-        default=float(env("I4T_TIMEOUT_FLOOR", "30")),
-        help="seconds: no node is declared DEAD sooner than this after it was last heard",
+        "30",
+        "seconds: no node is declared DEAD sooner than this after it was last heard",
     )
-    parser.add_argument(
+    _seconds_or_factor(
+        parser,
         "--timeout-fallback",
-        type=float,
-        default=float(env("I4T_TIMEOUT_FALLBACK", "900")),
-        help="seconds: the timeout used until a node's interval is learned",
+        "900",
+        "seconds: the timeout used until a node's interval is learned",
     )
     parser.add_argument(
         "--upstream",
@@ -168,23 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("I4T_UPSTREAM_CA"),
         help="CA certificate file for the router's TLS, when it is not publicly signed",
     )
-    parser.add_argument(
+    _seconds_or_factor(
+        parser,
         "--health-poll-seconds",
-        type=float,
-        default=float(env("I4T_HEALTH_POLL_SECONDS", "300")),
-        help="how often native group members are asked for their health",
+        "300",
+        "how often native group members are asked for their health",
     )
-    parser.add_argument(
+    _seconds_or_factor(
+        parser,
         "--status-refresh-seconds",
-        type=float,
-        default=float(env("I4T_STATUS_REFRESH_SECONDS", "900")),
-        help="how often native group members are asked for a status refresh",
+        "900",
+        "how often native group members are asked for a status refresh",
     )
-    parser.add_argument(
+    _seconds_or_factor(
+        parser,
         "--gossip-seconds",
-        type=float,
-        default=float(env("I4T_GOSSIP_SECONDS", "60")),
-        help="how often the seeds of each group are gossiped to its members",
+        "60",
+        "how often the seeds of each group are gossiped to its members",
     )
     parser.add_argument(
         "--log-level",
@@ -193,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (env I4T_LOG_LEVEL)",
     )
     return parser
+
+
+def _seconds_or_factor(
+    parser: argparse.ArgumentParser, flag: str, default: str, description: str
+) -> None:
+    """A number option that also reads I4T_<FLAG> from the environment. The default stays a
+    string so that argparse converts it too: a bad environment value is a usage error."""
+    name = "I4T_" + flag.removeprefix("--").upper().replace("-", "_")
+    parser.add_argument(
+        flag,
+        type=float,
+        default=os.environ.get(name, default),
+        help=f"{description} (env {name}, default {default})",
+    )
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
