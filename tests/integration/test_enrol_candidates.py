@@ -16,6 +16,7 @@ from homeassistant.config_entries import ConfigEntryState
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
 from homeassistant.helpers import issue_registry as ir
+from homeassistant.helpers.translation import async_get_translations
 from homeassistant.setup import async_setup_component
 import pytest
 from pytest_homeassistant_custom_component.common import MockConfigEntry
@@ -428,3 +429,19 @@ def test_fix_flow_translations_cover_its_steps_errors_and_aborts() -> None:
         assert f'"{error}"' in source, error
     assert set(re.findall(r'errors\[[^]]+\] = "([a-z_]+)"', source)) <= set(flow["error"])
     assert set(flow["abort"]) == {ABORT_NOT_LOADED, ABORT_NO_CANDIDATES}
+
+
+async def test_home_assistant_reads_the_fix_flow_translations(hass: HomeAssistant) -> None:
+    """The keys the frontend asks for, as HA's translation helper flattens them."""
+    strings = await async_get_translations(hass, "en", "issues", [DOMAIN])
+    prefix = f"component.{DOMAIN}.issues.things_to_enroll"
+    for key in (
+        "title",
+        "fix_flow.step.init.description",
+        "fix_flow.step.init.data.things",
+        "fix_flow.step.bthome.data_description.bindkey",
+        "fix_flow.step.beacon.data.key",
+        "fix_flow.error.gateway_refused",
+        "fix_flow.abort.no_candidates",
+    ):
+        assert strings.get(f"{prefix}.{key}"), key
