@@ -119,6 +119,8 @@ def test_translations_cover_the_code_and_nothing_is_left_over() -> None:
     strings = json.loads((INTEGRATION / "translations" / "en.json").read_text())
     source = "\n".join(path.read_text() for path in INTEGRATION.glob("*.py"))
     aborts = set(strings["config"]["abort"]) | set(strings["config_subentries"]["group"]["abort"])
+    for issue in strings["issues"].values():
+        aborts |= set(issue.get("fix_flow", {}).get("abort", {}))
     for reason in re.findall(r'reason="([a-z_]+)"', source):
         assert reason in aborts, reason
     used = set(re.findall(r'translation_key\s*=\s*"([a-z_]+)"', source))
