@@ -66,6 +66,7 @@ class Options:
     auto_setup: bool
     wifi_things: int
     ble_things: int
+    group: bool = True
 
     @property
     def ha_config(self) -> Path:
@@ -92,9 +93,20 @@ def parse_args() -> Options:
     )
     parser.add_argument("--wifi", type=int, default=3, help="simulated Wi-Fi things (3)")
     parser.add_argument("--ble", type=int, default=3, help="simulated BLE things (3)")
+    parser.add_argument(
+        "--no-group",
+        action="store_true",
+        help="enrol the simulated things but put them in no node group (to group them in the UI)",
+    )
     args = parser.parse_args()
     return Options(
-        args.var.resolve(), args.ha_port, args.mqtt_port, not args.bare, args.wifi, args.ble
+        args.var.resolve(),
+        args.ha_port,
+        args.mqtt_port,
+        not args.bare,
+        args.wifi,
+        args.ble,
+        group=not args.no_group,
     )
 
 
@@ -299,14 +311,18 @@ def enrol_simulated(options: Options, manifest_file: Path) -> None:
                 return
             pause(0.5)
         manifest = json.loads(manifest_file.read_text())
-        client = GatewayClient(options.mqtt_port, manifest["gateway_id"])
+        client = GatewayClient(
+            options.mqtt_port, manifest["gateway_id"], options.gateway_data / "gateway.key"
+        )
         try:
             addresses = [client.enrol(thing) for thing in manifest["things"]]
-            client.group(addresses)
+            if options.group:
+                client.group(addresses)
         finally:
             client.close()
+        where = "in the node group 'Simulated things'" if options.group else "in no node group"
         say(
-            f"{len(addresses)} simulated things enrolled in the node group 'Simulated things'; "
+            f"{len(addresses)} simulated things enrolled {where}; "
             "silence one with: ./scripts/sim silent 0  (revive: ./scripts/sim healthy 0)"
         )
     except InterruptedError:
@@ -318,11 +334,12 @@ def enrol_simulated(options: Options, manifest_file: Path) -> None:
 class GatewayClient:
     """Requests on the gateway's local API (docs/API.md), as any client would send them."""
 
-    def __init__(self, port: int, gateway_id: str) -> None:
+    def __init__(self, port: int, gateway_id: str, key_file: Path) -> None:
         import paho.mqtt.client as mqtt  # noqa: PLC0415 - only this helper needs paho
         from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
         self.base = f"i4t/{gateway_id}"
+        self._key_file = key_file
         self._replies: dict[str, dict[str, Any]] = {}
         self._ready = threading.Event()
         self._lock = threading.Condition()
@@ -380,7 +397,7 @@ class GatewayClient:
     def _gateway_key(self) -> bytes:
         from i4t_gateway.identity import load_identity  # noqa: PLC0415
 
-        return load_identity(ROOT / "var" / "gateway" / "gateway.key").public_bytes
+        return load_identity(self._key_file).public_bytes
 
     def group(self, addresses: list[str]) -> None:
         members = [
