@@ -20,6 +20,7 @@ from . import api
 from .acl import AccessPolicy
 from .agents import AgentSettings, StatusAgent
 from .commands import (
+    COMMAND_NAMES,
     ApiError,
     Configure,
     Enroll,
@@ -564,7 +565,10 @@ class GatewayCore:
             return
         except ApiError as err:
             self.counters.dropped[f"request_{err.code}"] += 1
-            _LOGGER.warning("unanswerable request on %s: %s", command, err.message)
+            # The topic level is whatever the publisher chose (an address, a MAC, control
+            # characters): only a known command name goes into the log.
+            shown = command if command in COMMAND_NAMES else "an unknown command"
+            _LOGGER.warning("unanswerable request on %s: %s", shown, err.message)
             return
         try:
             result = self._execute(request, now)
