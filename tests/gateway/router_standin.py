@@ -19,11 +19,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from i4t_gateway.cose import PacketError
+from i4t_gateway.cose import PacketError, Reason
 from i4t_gateway.endpoint import Receiver, Sender
 from i4t_gateway.identity import Address, Identity
 from i4t_gateway.links import DOWN_TOPIC_PREFIX, UP_TOPIC_PREFIX, down_topic
 from i4t_gateway.payloads import MAX_ACKS, Ack, PacketType
+from i4t_gateway.wire import peek
 
 
 def _no_delay(client: mqtt.Client, userdata: object, sock: Any) -> None:
@@ -105,6 +106,14 @@ class RouterStandIn:
                 inbound = self._receiver.receive(msg.payload)
             except PacketError as err:
                 self.rejected[err.reason] += 1
+                # As the router does: an authentic packet for it that the replay window refuses
+                # (queued before the gateway restarted, sent after newer ones) is acked, or it
+                # would stay in the gateway's queue (docs/ROUTER.md).
+                old = peek(msg.payload) if err.reason in (Reason.STALE, Reason.REPLAYED) else None
+                if old is None or old.type is PacketType.ACK:
+                    return
+                ack = self._sender.ack(gateway, [old.message_id])
+                client.publish(f"{DOWN_TOPIC_PREFIX}/{gateway.text}", ack, qos=1)
                 return
             packet = inbound.packet
             if packet.type is PacketType.ACK:

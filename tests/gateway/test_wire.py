@@ -23,6 +23,8 @@ from i4t_gateway.payloads import (
     HealthResponse,
     Member,
     MemberGossip,
+    NameAnswer,
+    NameQuery,
     NameRecordPayload,
     NodeClass,
     NodeHealth,
@@ -88,6 +90,8 @@ def sample_payloads() -> list[Payload]:
         ),
         TxFeedRequest(1000),
         TxFeedUpdate(MID, 1000, 1005, (b"tx1", b"tx2")),
+        NameQuery("kitchen"),
+        NameAnswer(MID, b"\xd2\x84"),
     ]
 
 
@@ -101,6 +105,7 @@ def minimal_payloads() -> list[Payload]:
         StatusResponse(MID, 0),
         GroupConfig(GROUP, "g", 0, ()),
         TxFeedUpdate(MID, 5, 5),
+        NameAnswer(MID),
     ]
 
 

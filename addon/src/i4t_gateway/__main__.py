@@ -9,9 +9,11 @@ import sys
 
 from .embedded_broker import EmbeddedBrokerError
 from .identity import IdentityError
+from .router import RouterServer, run_router_until_stopped
 from .server import GatewayServer, run_until_stopped
-from .settings import SettingsError, settings_from_args
+from .settings import Settings, SettingsError, settings_from_args
 from .store import StoreError
+from .tokens import token_main
 
 _LOGGER = logging.getLogger("i4t_gateway")
 
@@ -30,17 +32,23 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-async def _serve(server: GatewayServer) -> None:
+async def _serve(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await run_until_stopped(server, stop)
+    if settings.role == "router":
+        await run_router_until_stopped(RouterServer(settings), stop)
+    else:
+        await run_until_stopped(GatewayServer(settings), stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway until SIGINT or SIGTERM; exit 2 on a configuration error."""
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["token"]:
+        # The router operator's token command line (docs/ROUTER.md, admission).
+        return token_main(args[1:])
     if "--addon" in args:
         # Add-on mode: options from /data/options.json, the broker from the Supervisor.
         from .addon import main as addon_main  # noqa: PLC0415 - addon imports this module
@@ -53,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        server = GatewayServer(settings)
-        asyncio.run(_serve(server))
+        asyncio.run(_serve(settings))
     except (EmbeddedBrokerError, StoreError, IdentityError) as err:
         _LOGGER.error("%s", err)
         return 1

@@ -15,10 +15,12 @@ from typing import ClassVar, Final, Self
 from . import schema as s
 from .cose import PacketError, Reason
 from .identity import Address
+from .names import MAX_NAME_LENGTH
 
 MESSAGE_ID_SIZE: Final = 16
 GROUP_ID_SIZE: Final = 16
 MAX_ACKS: Final = 64
+MAX_ANNOUNCED: Final = 1024
 MAX_NAME_RECORD: Final = 1024
 MAX_TRANSACTION: Final = 4096
 _R: Final = Reason.BAD_PAYLOAD
@@ -40,6 +42,8 @@ class PacketType(enum.IntEnum):
     GROUP_CONFIG = 12
     TX_FEED_REQUEST = 13
     TX_FEED_UPDATE = 14
+    NAME_QUERY = 15
+    NAME_ANSWER = 16
 
 
 class NodeHealth(enum.StrEnum):
@@ -392,7 +396,10 @@ class Announce(Payload):
     @classmethod
     def from_cbor(cls, value: object) -> Self:
         m = _keys(value, {1, 2}, set(), "announce")
-        return cls(_addresses(m[1], "served", minimum=1), s.uint(m[2], _R, "expires"))
+        served = _addresses(m[1], "served", minimum=1)
+        if len(served) > MAX_ANNOUNCED:
+            raise PacketError(_R, f"served: at most {MAX_ANNOUNCED} addresses")
+        return cls(served, s.uint(m[2], _R, "expires"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,6 +527,44 @@ class TxFeedUpdate(Payload):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class NameQuery(Payload):
+    """Ask a router which address ``name`` stands for; the message id correlates the answer."""
+
+    TYPE: ClassVar[PacketType] = PacketType.NAME_QUERY
+    name: str
+
+    def to_cbor(self) -> dict[int, object]:
+        return {1: self.name}
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        m = _keys(value, {1}, set(), "name query")
+        return cls(s.text(m[1], _R, "queried name", minimum=1, maximum=MAX_NAME_LENGTH))
+
+
+@dataclass(frozen=True, slots=True)
+class NameAnswer(Payload):
+    """The answer to a name query: the owner's signed record, or none (not known there)."""
+
+    TYPE: ClassVar[PacketType] = PacketType.NAME_ANSWER
+    request_id: bytes
+    record: bytes | None = None
+
+    def to_cbor(self) -> dict[int, object]:
+        out: dict[int, object] = {1: self.request_id}
+        _put(out, 2, self.record)
+        return out
+
+    @classmethod
+    def from_cbor(cls, value: object) -> Self:
+        m = _keys(value, {1}, {2}, "name answer")
+        record = s.byte_string(m[2], _R, "record", maximum=MAX_NAME_RECORD) if 2 in m else None
+        if record is not None and not record:
+            raise PacketError(_R, "record: omitted when there is none")
+        return cls(_message_id(m[1], "request id"), record)
+
+
 PAYLOAD_CLASSES: Final[dict[PacketType, type[Payload]]] = {
     cls.TYPE: cls
     for cls in (
@@ -537,6 +582,8 @@ PAYLOAD_CLASSES: Final[dict[PacketType, type[Payload]]] = {
         GroupConfig,
         TxFeedRequest,
         TxFeedUpdate,
+        NameQuery,
+        NameAnswer,
     )
 }
 

@@ -28,6 +28,7 @@ from .mqtt_devices import (
     MqttDeviceDefinition,
     proxied_address,
 )
+from .payloads import MAX_ANNOUNCED, Announce
 from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup
 from .settings import Settings
 from .store import get_meta, open_store, set_meta
@@ -45,6 +46,7 @@ BLE_COUNTERS_KEY = "ble_counters"
 HOUSEKEEPING_SECONDS = 1.0
 SAVE_EVERY_SECONDS = 5.0
 STATE_EVERY_SECONDS = 10.0
+ANNOUNCE_LIFETIMES = 3  # an announce holds three intervals: one lost announce changes nothing
 
 
 class GatewayServer:
@@ -100,6 +102,8 @@ class GatewayServer:
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
+        self._announced: frozenset[Address] = frozenset()
+        self._last_announce = float("-inf")
 
     def _make_forwarder(self, settings: Settings) -> Forwarder | None:
         """The durable uplink to the regional router, when one is configured."""
@@ -243,6 +247,7 @@ class GatewayServer:
             self.core.tick(now)
             self.gatt.expire(time.monotonic())
             elapsed = time.monotonic()
+            self._announce_if_due(elapsed)
             if self.core.dirty and elapsed - last_save >= SAVE_EVERY_SECONDS:
                 self.save()
                 last_save = elapsed
@@ -251,6 +256,39 @@ class GatewayServer:
                     self.core.publish_candidates()
                 self.core.publish_gateway_state(now, self._bridge_state())
                 last_state = elapsed
+
+    def served_addresses(self) -> frozenset[Address]:
+        """What the gateway announces upstream: itself and every enrolled thing."""
+        return frozenset([self.identity.address, *(thing.address for thing in self.core.things)])
+
+    def _announce_if_due(self, elapsed: float) -> None:
+        """Announce every announce_seconds, and at once when the served addresses changed."""
+        if self.forwarder is None or self.settings.upstream_router is None:
+            return
+        served = self.served_addresses()
+        if served == self._announced and elapsed - self._last_announce < (
+            self.settings.announce_seconds
+        ):
+            return
+        self._announced, self._last_announce = served, elapsed
+        self.announce(served)
+
+    def announce(self, served: frozenset[Address]) -> None:
+        """Signed ANNOUNCE packets (in chunks) to the regional router, through the uplink."""
+        assert self.forwarder is not None
+        assert self.settings.upstream_router is not None
+        router = Address.from_text(self.settings.upstream_router)
+        lifetime = ANNOUNCE_LIFETIMES * self.settings.announce_seconds
+        expires_ms = int((time.time() + lifetime) * 1000)
+        ordered = sorted(served, key=lambda address: address.bytes)
+        for start in range(0, len(ordered), MAX_ANNOUNCED):
+            chunk = tuple(ordered[start : start + MAX_ANNOUNCED])
+            packet = self.core.sender.packet(router, Announce(chunk, expires_ms))
+            try:
+                self.forwarder.submit(packet, self.core.sender.seal(packet))
+            except ForwardError as err:
+                # The next round (announce_seconds) tries again.
+                _LOGGER.warning("announce not queued for the router: %s", err)
 
     def _bridge_state(self) -> dict[str, object]:
         state: dict[str, object] = {

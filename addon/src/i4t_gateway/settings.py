@@ -16,6 +16,8 @@ DEFAULT_EMBEDDED_HOST = "127.0.0.1"
 DEFAULT_EMBEDDED_PORT = 1883
 DEFAULT_DATA_DIR = Path("i4t-data")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ROLES = ("gateway", "router")
+DEFAULT_ANNOUNCE_SECONDS = 300.0
 
 
 class SettingsError(ValueError):
@@ -83,6 +85,15 @@ class Settings:
     upstream_ca_file: Path | None = None
     # MQTT devices to adopt at start (the add-on's options); enrolled once, then persisted.
     mqtt_devices: tuple[MqttDeviceDefinition, ...] = ()
+    # "gateway" (a hub) or "router" (a regional router: docs/ROUTER.md).
+    role: str = "gateway"
+    # How often the served addresses are announced upstream (also at once when they change);
+    # an announce holds for three of these intervals.
+    announce_seconds: float = DEFAULT_ANNOUNCE_SECONDS
+    # Router role: what running the router costs its operator per month, for the cost per
+    # thing-month it publishes (docs/ROUTER.md, accounting).
+    monthly_cost: float = 0.0
+    currency: str = "USD"
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -133,6 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
         "from the Supervisor's mqtt service (needs SUPERVISOR_TOKEN)",
     )
     parser.add_argument("--name", default=env("I4T_NAME", "I4T Gateway"), help="display name")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=env("I4T_ROLE", "gateway"),
+        help="gateway (a hub, the default) or router (a regional router serving gateways on "
+        "its broker, docs/ROUTER.md) (env I4T_ROLE)",
+    )
+    _seconds_or_factor(
+        parser,
+        "--announce-seconds",
+        str(int(DEFAULT_ANNOUNCE_SECONDS)),
+        "how often the served addresses are announced to the upstream router",
+    )
+    _seconds_or_factor(
+        parser,
+        "--monthly-cost",
+        "0",
+        "router role: the operator's monthly cost of running the router, for the published "
+        "cost per thing-month",
+    )
+    parser.add_argument(
+        "--currency",
+        default=env("I4T_CURRENCY", "USD"),
+        help="router role: the currency of --monthly-cost (env I4T_CURRENCY)",
+    )
     _seconds_or_factor(
         parser,
         "--timeout-factor",
@@ -224,6 +260,12 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     for interval in ("health_poll_seconds", "status_refresh_seconds", "gossip_seconds"):
         if not getattr(args, interval) > 0:
             raise SettingsError(f"--{interval.replace('_', '-')} must be positive")
+    if args.role not in ROLES:
+        raise SettingsError(f"role must be one of {', '.join(ROLES)}")
+    if args.role == "router" and not args.broker:
+        raise SettingsError("a router runs on an existing broker: give --broker")
+    if not args.announce_seconds > 0 or not args.monthly_cost >= 0:
+        raise SettingsError("--announce-seconds must be positive, --monthly-cost not negative")
     upstream_token = os.environ.get("I4T_UPSTREAM_TOKEN")
     if args.upstream and not (args.upstream_router and upstream_token):
         raise SettingsError(
@@ -248,4 +290,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         health_poll_seconds=args.health_poll_seconds,
         status_refresh_seconds=args.status_refresh_seconds,
         gossip_seconds=args.gossip_seconds,
+        role=args.role,
+        announce_seconds=args.announce_seconds,
+        monthly_cost=args.monthly_cost,
+        currency=args.currency,
     )
