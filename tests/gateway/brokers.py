@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from i4t_gateway.dynsec import find_dynsec_plugin, write_initial_state
+
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto")
 
 
@@ -165,6 +167,11 @@ class Mosquitto:
     require_client_cert: bool = False
     # With user names and passwords, anonymous clients are refused.
     passwords: dict[str, str] | None = None
+    # With an admin's (user name, password): the dynamic-security plugin decides who may connect
+    # and what they may do (a router's broker, docs/ROUTER.md "Broker ACLs"); anonymous clients
+    # are refused. Its state file survives restarts, as on a real router.
+    dynsec_admin: tuple[str, str] | None = None
+    dynsec_state: Path | None = None
 
     @property
     def url(self) -> str:
@@ -186,6 +193,8 @@ class Mosquitto:
         )
 
     def _auth_config(self) -> str:
+        if self.dynsec_admin is not None:
+            return self._dynsec_config()
         if self.passwords is None:
             return "allow_anonymous true\n"
         password_file = self.workdir / f"mosquitto-{self.port}.passwd"
@@ -199,9 +208,28 @@ class Mosquitto:
             )
         return f"allow_anonymous false\npassword_file {password_file}\n"
 
+    def _dynsec_config(self) -> str:
+        assert self.dynsec_admin is not None
+        if self.passwords is not None:
+            raise ValueError("passwords and the dynamic-security plugin exclude each other")
+        if self.dynsec_state is None:
+            self.dynsec_state = self.workdir / f"dynamic-security-{self.port}.json"
+        write_initial_state(self.dynsec_state, *self.dynsec_admin)
+        # As root, Mosquitto would become its own user, which cannot read or save the plugin's
+        # state in a pytest tmp_path (with TLS, _tls_config says so already).
+        user = "user root\n" if os.geteuid() == 0 and self.tls is None else ""
+        return (
+            f"{user}"
+            "allow_anonymous false\n"
+            f"plugin {find_dynsec_plugin()}\n"
+            f"plugin_opt_config_file {self.dynsec_state}\n"
+        )
+
     def _write_config(self) -> Path:
         config = self.workdir / f"mosquitto-{self.port}.conf"
         config.write_text(
+            # Global, so that the plugin and the auth settings apply to the one listener.
+            "per_listener_settings false\n"
             f"listener {self.port} 127.0.0.1\n"
             f"{self._tls_config()}"
             f"{self._auth_config()}"

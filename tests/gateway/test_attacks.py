@@ -343,6 +343,38 @@ async def test_packets_on_a_foreign_topic_are_refused(harness: Harness) -> None:
     assert (await published_state(harness))["packets"]["dropped"]["topic_mismatch"] == 3
 
 
+async def test_a_crowd_of_strangers_cannot_grow_the_candidate_list(harness: Harness) -> None:
+    alice = await enrolled(harness, "Alice")
+    # Each new candidate republishes the whole list, which the harness validates at the end:
+    # just over the bound keeps the test short.
+    strangers = 8
+    for seed in range(strangers):
+        stranger = Sender(Identity.from_seed(seed.to_bytes(32, "big")))
+        packet = stranger.packet(harness.gateway, temperature(1.0))
+        publish_up(harness, stranger.me.address, stranger.seal(packet))
+    adverts = [
+        advert(
+            f"C0:00:00:00:{i >> 8:02X}:{i & 0xFF:02X}", BTHOME_UUID, encode_plain({"battery": 1})
+        )
+        for i in range(harness.server.core.things.max_candidates)
+    ]
+    publish(harness, harness.server.ble.topic, batch(*adverts))
+    await settled(
+        lambda: (
+            dropped(harness)["not_enrolled"] == strangers
+            and harness.server.ble.stats["candidates"] == len(adverts)
+        ),
+        lambda: (dropped(harness), harness.server.ble.stats),
+    )
+    limit = harness.server.core.things.max_candidates
+    assert len(harness.server.core.things.candidates()) == limit
+    await still_serving(harness, alice, 6.0)
+    state = await published_state(harness)
+    assert state["candidates"] == limit
+    raw = harness.probe.last(harness.topics.candidates)
+    assert len(assert_valid("candidates", raw or b"")["candidates"]) == limit
+
+
 async def test_hostile_requests_get_errors_or_are_counted(harness: Harness) -> None:
     alice = await enrolled(harness, "Alice")
     enroll = f"{harness.topics.base}/cmd/enroll"
