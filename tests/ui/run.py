@@ -42,6 +42,14 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
+    # /proc/self/net follows this process's network namespace (/sys/class/net may not).
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    interfaces = sorted(line.split(":", 1)[0].strip() for line in lines)
+    if interfaces != ["lo"]:
+        # HA's zeroconf and the gateway's LAN discovery send multicast: never on a real network.
+        say(f"refusing to run with network interfaces {interfaces}: use ./scripts/test-ui")
+        return 2
+    say("network: loopback only (private namespace)")
     work = Path(tempfile.mkdtemp(prefix="i4t-ui-"))
     shots = work / "shots"
     shots.mkdir()
