@@ -82,7 +82,9 @@ def test_admit_and_revoke(conn: sqlite3.Connection, tmp_path: Path) -> None:
     admission = book.admit(token)
     assert admission.gateway == OTHER
     assert book.admission(OTHER) == admission
+    assert book.admitted() == {OTHER.text: (token, TokenLimits())}  # for dynsec's reconcile
     assert book.revoke(admission.token_id)
+    assert book.admitted() == {}
     assert book.admission(OTHER) is None
     with pytest.raises(TokenError, match="revoked"):
         book.admit(token)

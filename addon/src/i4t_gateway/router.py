@@ -68,6 +68,7 @@ DOWN_HOP_PREFIX: Final = "down:"
 PARENT: Final = "parent"
 """Where a packet came from (or goes to) when that is the parent router."""
 USAGE_KEY: Final = "router_usage"
+NAMES_PARENT_KEY: Final = "router_names_registered_with"
 ANNOUNCE_LIFETIMES: Final = 3
 """An announce holds for this many announce intervals, so one lost announce changes nothing."""
 SESSION_GAP_FACTOR: Final = 1.5
@@ -182,6 +183,7 @@ class RouterServer:
         await self.bus.start()
         if self.parent is not None:
             await self.parent.start()
+            self._register_names_upward()
         self._running = True
         for gateway, outbox in self._outboxes.items():
             self._run_outbox(gateway, outbox)
@@ -456,6 +458,15 @@ class RouterServer:
             if self.parent_address is not None:
                 # Registered up the tree too, so that other regions resolve it (ROUTER.md).
                 self._send_own(self.parent_address, NameRecordPayload(payload.record))
+
+    def _register_names_upward(self) -> None:
+        """Once per parent (a new one, or the first): register the region's names with it."""
+        assert self.parent_address is not None
+        if get_meta(self.store, NAMES_PARENT_KEY) == self.parent_address.text:
+            return
+        for record in self.names.records():
+            self._send_own(self.parent_address, NameRecordPayload(record))
+        set_meta(self.store, NAMES_PARENT_KEY, self.parent_address.text)
 
     def _on_name_query(self, came_from: str, packet: Packet, payload: NameQuery) -> None:
         name = payload.name

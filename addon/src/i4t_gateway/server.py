@@ -258,8 +258,11 @@ class GatewayServer:
                 last_state = elapsed
 
     def served_addresses(self) -> frozenset[Address]:
-        """What the gateway announces upstream: itself and every enrolled thing."""
-        return frozenset([self.identity.address, *(thing.address for thing in self.core.things)])
+        """What the gateway announces upstream: itself and the things it takes packets for from
+        the router (core.serves). Proxied things join once the gateway takes packets for them:
+        announced now, their packets would be refused as unasked and resent for a day."""
+        things = (thing.address for thing in self.core.things if self.core.serves(thing.address))
+        return frozenset([self.identity.address, *things])
 
     def _announce_if_due(self, elapsed: float) -> None:
         """Announce every announce_seconds, and at once when the served addresses changed."""

@@ -239,6 +239,17 @@ class TokenBook:
             return None
         return admission
 
+    def admitted(self) -> dict[str, tuple[str, TokenLimits]]:
+        """Gateway address text -> (its current token, its limits): exactly what the broker
+        should admit, in the form ``dynsec.DynsecAdmin.reconcile`` takes."""
+        self.reload()
+        current = {admission.token_id: address.text for address, admission in self._active.items()}
+        return {
+            current[row.claims.id_text]: (row.token, row.claims.limits)
+            for row in self.rows()
+            if row.claims.id_text in current
+        }
+
     def issue(self, operator: Identity, gateway: Address, days: float, limits: TokenLimits) -> str:
         """A new token for ``gateway`` valid ``days`` from now, recorded as admitted."""
         if operator.public_bytes != self.operator_key:
