@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from homeassistant.const import Platform
 from homeassistant.core import HomeAssistant, callback
-from homeassistant.helpers import config_validation as cv, device_registry as dr
+from homeassistant.helpers import (
+    config_validation as cv,
+    device_registry as dr,
+    entity_registry as er,
+)
 from homeassistant.helpers.device_registry import DeviceEntry
 from homeassistant.helpers.typing import ConfigType
 
@@ -57,6 +61,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:
 
     async def entry_updated(hass: HomeAssistant, entry: I4TConfigEntry) -> None:
         async_entry_updated(hass, entry, groups)
+        _link_groups_to_subentries(hass, entry)
         if any(
             entry.options.get(key, True) != applied_options.get(key, True)
             for key in (CONF_BLE_BRIDGE, CONF_REMOTE_SCANNERS)
@@ -116,3 +121,37 @@ def _sync_devices(hass: HomeAssistant, entry: I4TConfigEntry) -> None:
         via = registry.async_get_device(identifiers={(DOMAIN, via_key)})
         if node_device is not None and via is not None and node_device.via_device_id != via.id:
             registry.async_update_device(node_device.id, via_device_id=via.id)
+    _link_groups_to_subentries(hass, entry)
+
+
+@callback
+def _link_groups_to_subentries(hass: HomeAssistant, entry: I4TConfigEntry) -> None:
+    """Put each group's device and entities under its subentry, so the UI lists them there.
+
+    Entities are added when the group's state arrives, which can be before its subentry
+    exists (a subentry flow waits for the gateway's reply): they are moved afterwards.
+    """
+    coordinator = entry.runtime_data
+    devices = dr.async_get(hass)
+    entities = er.async_get(hass)
+    for subentry_id, subentry in entry.subentries.items():
+        if subentry.subentry_type != SUBENTRY_GROUP:
+            continue
+        key = coordinator.device_key("group", str(subentry.data["group_id"]))
+        device = devices.async_get_device(identifiers={(DOMAIN, key)})
+        if device is None:
+            continue
+        linked = device.config_entries_subentries.get(entry.entry_id, set())
+        if subentry_id not in linked:
+            devices.async_update_device(
+                device.id, add_config_entry_id=entry.entry_id, add_config_subentry_id=subentry_id
+            )
+        # The entities move first: unlinking the device from "no subentry" removes the
+        # entities still attached there.
+        for entity in er.async_entries_for_device(entities, device.id):
+            if entity.config_subentry_id != subentry_id:
+                entities.async_update_entity(entity.entity_id, config_subentry_id=subentry_id)
+        if None in linked:
+            devices.async_update_device(
+                device.id, remove_config_entry_id=entry.entry_id, remove_config_subentry_id=None
+            )

@@ -8,6 +8,7 @@ from typing import Any
 from homeassistant.config_entries import ConfigSubentry, ConfigSubentryData
 from homeassistant.core import HomeAssistant
 from homeassistant.data_entry_flow import FlowResultType
+from homeassistant.helpers import device_registry as dr, entity_registry as er
 from pytest_homeassistant_custom_component.common import MockConfigEntry
 
 from custom_components.i4t.const import DOMAIN
@@ -68,6 +69,16 @@ async def test_existing_gateway_groups_get_subentries(
     assert [(s.subentry_type, s.title, dict(s.data)) for s in subentries] == [
         ("group", group["name"], {"group_id": group["group_id"]})
     ]
+    # The group's device and entities are listed under its subentry in the UI.
+    await hass.async_block_till_done()
+    key = f"{load_json('gateway_info')['id']}-group-{group['group_id']}"
+    device = dr.async_get(hass).async_get_device(identifiers={(DOMAIN, key)})
+    assert device is not None
+    subentry_id = subentries[0].subentry_id
+    assert device.config_entries_subentries[loaded_entry.entry_id] == {subentry_id}
+    entities = er.async_entries_for_device(er.async_get(hass), device.id)
+    assert entities
+    assert {entity.config_subentry_id for entity in entities} == {subentry_id}
 
 
 async def test_create_a_group_in_the_ui(
