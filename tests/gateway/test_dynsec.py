@@ -327,6 +327,32 @@ async def test_admit_is_idempotent_and_leaves_an_unchanged_gateway_connected(
     assert [g.single_connection for g in await admin.list()] == [False]
 
 
+async def test_reconcile_makes_the_broker_match_the_token_book(
+    admin: DynsecAdmin, users: Users
+) -> None:
+    gw_c = Address.for_public_key(Identity.from_seed(bytes([34]) * 32).public_bytes).text
+    gw_d = Address.for_public_key(Identity.from_seed(bytes([35]) * 32).public_bytes).text
+    await admin.admit(GW_A, "token-a")
+    await admin.admit(GW_B, "token-b")
+    await admin.execute([{"command": "createRole", "rolename": f"i4t-gw-{gw_c}"}])  # half-made
+    kept = await users.session(GW_A, "token-a")
+    wanted = {GW_A: ("token-a", None), gw_d: ("token-d", ONE_CONNECTION)}
+
+    outcomes = await admin.reconcile(wanted)
+    assert outcomes == {"unchanged": 1, "created": 1, "revoked": 2}
+    assert [g.address for g in await admin.list()] == sorted([GW_A, gw_d])
+    (roles,) = await admin.execute([{"command": "listRoles"}])
+    assert f"i4t-gw-{gw_c}" not in roles["data"]["roles"]
+    assert f"i4t-gw-{GW_B}" not in roles["data"]["roles"]
+    assert (await users.login(GW_B, "token-b").wait_refused()).is_failure
+    await users.session(gw_d, "token-d", client_id=gateway_client_id(gw_d))
+    assert await admin.reconcile(wanted) == {"unchanged": 2}
+    assert kept.disconnects == 0
+    assert kept.up
+    with pytest.raises(ValueError, match="non-empty password"):
+        await admin.reconcile({GW_A: ("", None)})
+
+
 async def test_admit_repairs_what_an_operator_changed_by_hand(
     admin: DynsecAdmin, users: Users
 ) -> None:

@@ -27,7 +27,8 @@ import argparse
 import asyncio
 import base64
 import builtins
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 import getpass
@@ -62,6 +63,9 @@ ROUTER_ROLE: Final = "i4t-router"
 ADMIN_ROLE: Final = "i4t-dynsec-admin"
 DEFAULT_ADMIN_USER: Final = "i4t-admin"
 DEFAULT_TIMEOUT_SECONDS: Final = 10.0
+# Commands per control message when reconciling many gateways: keeps each message and answer
+# small, and the broker's loop free for traffic between them.
+COMMANDS_PER_MESSAGE: Final = 200
 FINGERPRINT_PREFIX: Final = "i4t-token-sha256:"
 
 # The plugin's own password format (Mosquitto 2.0): PBKDF2-HMAC-SHA512, a 12-byte salt, the
@@ -282,14 +286,13 @@ class DynsecAdmin:
         address = gateway_text(gateway)
         if not password:
             raise ValueError("a gateway needs a non-empty password (its token)")
-        single = limits is not None and limits.connections == 1
         async with self._lock:
             return await self._ensure_client(
                 address,
                 password,
                 gateway_role(address),
                 gateway_acls(address),
-                gateway_client_id(address) if single else None,
+                _client_id_for(address, limits),
             )
 
     async def revoke(self, gateway: Address | str) -> bool:
@@ -299,13 +302,7 @@ class DynsecAdmin:
         """
         address = gateway_text(gateway)
         async with self._lock:
-            responses = await self.execute(
-                [
-                    {"command": "deleteClient", "username": address},
-                    {"command": "deleteRole", "rolename": gateway_role(address)},
-                ],
-                tolerate=_NOT_FOUND,
-            )
+            responses = await self.execute(_revoke_commands(address), tolerate=_NOT_FOUND)
         existed = any("error" not in response for response in responses)
         if existed:
             _LOGGER.info("revoked a gateway's broker access")
@@ -325,6 +322,55 @@ class DynsecAdmin:
                 [{"command": "setDefaultACLAccess", "acls": [dict(acl) for acl in DEFAULT_DENY]}]
             )
             return await self._ensure_client(username, password, ROUTER_ROLE, router_acls(), None)
+
+    async def reconcile[Gateway: (Address, str)](
+        self, wanted: Mapping[Gateway, tuple[str, ConnectionLimits | None]]
+    ) -> Counter[str]:
+        """Make the broker's gateways exactly ``wanted`` (address: (token, limits)).
+
+        Gateways provisioned but not wanted are revoked; the wanted ones are admitted as by
+        :meth:`admit`, unchanged ones left connected. Two snapshots (every client, every role)
+        replace a round trip per gateway, so a router can run it every few seconds against
+        its token book. Returns how many were created, updated, unchanged and revoked.
+        """
+        targets = {gateway_text(gateway): entry for gateway, entry in wanted.items()}
+        if any(not password for password, _ in targets.values()):
+            raise ValueError("a gateway needs a non-empty password (its token)")
+        async with self._lock:
+            clients, roles = await self._snapshot()
+            commands: builtins.list[Command] = []
+            outcomes: Counter[str] = Counter()
+            for address in sorted(_provisioned(clients, roles) - targets.keys()):
+                commands += _revoke_commands(address)
+                outcomes["revoked"] += 1
+            for address, (password, limits) in targets.items():
+                planned, outcome = _plan(
+                    address,
+                    password,
+                    (gateway_role(address), gateway_acls(address)),
+                    _client_id_for(address, limits),
+                    current_role=roles.get(gateway_role(address)),
+                    current_client=clients.get(address),
+                )
+                commands += planned
+                outcomes[outcome.value] += 1
+            for start in range(0, len(commands), COMMANDS_PER_MESSAGE):
+                await self.execute(
+                    commands[start : start + COMMANDS_PER_MESSAGE], tolerate=_NOT_FOUND
+                )
+        return outcomes
+
+    async def _snapshot(
+        self,
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        every = {"verbose": True, "count": -1, "offset": 0}
+        clients, roles = await self.execute(
+            [{"command": "listClients", **every}, {"command": "listRoles", **every}]
+        )
+        return (
+            {c["username"]: c for c in clients.get("data", {}).get("clients", [])},
+            {r["rolename"]: r for r in roles.get("data", {}).get("roles", [])},
+        )
 
     async def list(self) -> builtins.list[AdmittedGateway]:
         """The gateways provisioned on the broker, by address."""
@@ -404,24 +450,45 @@ class DynsecAdmin:
             ],
             tolerate=_NOT_FOUND,
         )
-        commands = _role_commands(role, acls, current_role)
-        fingerprint = password_fingerprint(username, password)
-        if "error" in current_client:
-            commands.append(_create_client(username, password, role, client_id, fingerprint))
-            outcome = Provisioning.CREATED
-        else:
-            client = current_client["data"]["client"]
-            commands.extend(_client_changes(client, password, role, client_id, fingerprint))
-            outcome = Provisioning.UPDATED if commands else Provisioning.UNCHANGED
+        commands, outcome = _plan(
+            username,
+            password,
+            (role, acls),
+            client_id,
+            current_role=None if "error" in current_role else current_role["data"]["role"],
+            current_client=None if "error" in current_client else current_client["data"]["client"],
+        )
         if commands:
             await self.execute(commands)
         return outcome
 
 
-def _role_commands(role: str, acls: list[dict[str, Any]], current: Response) -> list[Command]:
-    if "error" in current:
+def _plan(
+    username: str,
+    password: str,
+    role: tuple[str, list[dict[str, Any]]],
+    client_id: str | None,
+    *,
+    current_role: dict[str, Any] | None,
+    current_client: dict[str, Any] | None,
+) -> tuple[list[Command], Provisioning]:
+    """The commands that make a client and its one role as wanted, and what they amount to."""
+    rolename, acls = role
+    commands = _role_commands(rolename, acls, current_role)
+    fingerprint = password_fingerprint(username, password)
+    if current_client is None:
+        commands.append(_create_client(username, password, rolename, client_id, fingerprint))
+        return commands, Provisioning.CREATED
+    commands.extend(_client_changes(current_client, password, rolename, client_id, fingerprint))
+    return commands, Provisioning.UPDATED if commands else Provisioning.UNCHANGED
+
+
+def _role_commands(
+    role: str, acls: list[dict[str, Any]], current: dict[str, Any] | None
+) -> list[Command]:
+    if current is None:
         return [{"command": "createRole", "rolename": role, "acls": acls}]
-    if _acl_set(current["data"]["role"].get("acls", [])) == _acl_set(acls):
+    if _acl_set(current.get("acls", [])) == _acl_set(acls):
         return []
     # modifyRole with an ACL list replaces the whole list.
     return [{"command": "modifyRole", "rolename": role, "acls": acls}]
@@ -467,6 +534,43 @@ def _client_changes(
     if client.get("disabled"):
         commands.append({"command": "enableClient", "username": client["username"]})
     return commands
+
+
+def _client_id_for(address: str, limits: ConnectionLimits | None) -> str | None:
+    """One connection allowed: pin the gateway's own client id (a second one replaces it)."""
+    single = limits is not None and limits.connections == 1
+    return gateway_client_id(address) if single else None
+
+
+def _revoke_commands(address: str) -> list[Command]:
+    return [
+        {"command": "deleteClient", "username": address},
+        {"command": "deleteRole", "rolename": gateway_role(address)},
+    ]
+
+
+def _provisioned(clients: dict[str, dict[str, Any]], roles: dict[str, dict[str, Any]]) -> set[str]:
+    """Gateways on the broker: clients or roles made by admit(), also half-made or hand-edited
+    ones (a gateway role with no client, a client given more roles)."""
+    found = {
+        name.removeprefix(GATEWAY_ROLE_PREFIX)
+        for name in roles
+        if name.startswith(GATEWAY_ROLE_PREFIX)
+    }
+    found |= {
+        name
+        for name, client in clients.items()
+        if client.get("textname") == GATEWAY_TEXT_NAME
+        or gateway_role(name) in [r.get("rolename") for r in client.get("roles", [])]
+    }
+    return {name for name in found if _is_address(name)}
+
+
+def _is_address(text: str) -> bool:
+    try:
+        return Address.from_text(text).text == text
+    except AddressError:
+        return False
 
 
 def _as_gateway(client: dict[str, Any]) -> AdmittedGateway | None:
