@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 import json
 from pathlib import Path
+import ssl
 import threading
 
 import paho.mqtt.client as mqtt
@@ -19,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 import pytest
 
+from i4t_gateway.bus import TlsFiles
 from i4t_gateway.dynsec import (
     CONTROL_TOPIC,
     RESPONSE_TOPIC,
@@ -42,7 +44,7 @@ from i4t_gateway.settings import BrokerAddress
 from i4t_gateway.store import open_store
 from i4t_gateway.wire import Packet
 
-from .brokers import Mosquitto
+from .brokers import Mosquitto, make_tls_certs
 
 ADMIN = ("i4t-admin", "admin-secret")
 ROUTER_USER = ("i4t-router-1", "router-secret")
@@ -79,6 +81,7 @@ class MqttUser:
         *,
         client_id: str = "",
         clean_session: bool = True,
+        ca_file: Path | None = None,
     ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.connacks: list[ReasonCode] = []
@@ -97,6 +100,8 @@ class MqttUser:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        if ca_file is not None:
+            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -419,6 +424,28 @@ async def test_without_the_plugin_the_admin_is_told_so(tmp_path: Path) -> None:
                 await session.list()
     finally:
         plain.stop()
+
+
+async def test_over_tls_as_on_a_real_router(tmp_path: Path) -> None:
+    certs = make_tls_certs(tmp_path / "certs")
+    broker = Mosquitto(workdir=tmp_path, tls=certs, dynsec_admin=ADMIN)
+    broker.start()
+    try:
+        address = BrokerAddress(
+            "127.0.0.1", broker.port, tls=True, username=ADMIN[0], password=ADMIN[1]
+        )
+        async with DynsecAdmin(address, tls_files=TlsFiles(certs.ca_file), timeout=5) as session:
+            await session.prepare_router(*ROUTER_USER)
+            assert await session.admit(GW_A, "token-a") is Provisioning.CREATED
+            gateway = MqttUser(broker.port, GW_A, "token-a", ca_file=certs.ca_file)
+            try:
+                await gateway.wait_session()
+                assert await gateway.subscribe(down_topic(GW_A))
+                assert not await gateway.subscribe(down_topic(GW_B))
+            finally:
+                gateway.close()
+    finally:
+        broker.stop()
 
 
 # -- the real uplink -------------------------------------------------------------------------
