@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 import logging
 import secrets
-from typing import Any
+import time
+from typing import Any, Final
 
 from . import api
 from .acl import AccessPolicy
@@ -73,6 +74,11 @@ from .wire import Packet
 _LOGGER = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], None]
+
+CANDIDATES_MIN_INTERVAL: Final = 1.0
+"""Seconds between candidate-list publishes caused by strangers. Each new candidate republishes
+the whole list (up to 256 entries, tens of KB): without a bound, a stream of packets or adverts
+from new addresses would turn each small message into a large retained publish."""
 """publish(topic, payload, retain)"""
 
 
@@ -147,6 +153,7 @@ class GatewayCore:
         device_hooks: BridgeHooks | None = None,
         saved: dict[str, Any] | None = None,
         now: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.identity = identity
         self.topics = api.GatewayTopics(identity.address.text)
@@ -157,6 +164,11 @@ class GatewayCore:
         self.devices = device_hooks or BridgeHooks()
         self._factor_override: float | None = None
         self.candidates_changed = False
+        # New candidates: published at once, or at most every CANDIDATES_MIN_INTERVAL (by this
+        # clock: an advert's own time is the sender's word) with the rest in tick().
+        self._monotonic = monotonic
+        self._new_candidates_at = float("-inf")
+        self._new_candidates_pending = False
         self.sender = Sender(identity)
         self.receiver = Receiver(identity)
         self._muted_nodes: set[bytes] = set()
@@ -251,6 +263,7 @@ class GatewayCore:
 
     def publish_candidates(self) -> None:
         self.candidates_changed = False
+        self._new_candidates_pending = False
         candidates = [c.export() for c in self.things.candidates()]
         self._send_json(self.topics.candidates, {"candidates": candidates}, retain=True)
 
@@ -356,6 +369,8 @@ class GatewayCore:
         self.agents.tick(now)
         self._show_quiet_changes()
         self._flush_groups()
+        if self._new_candidates_pending:
+            self._new_candidate()
 
     def next_deadline(self) -> float:
         health = self.health.next_deadline()
@@ -439,7 +454,7 @@ class GatewayCore:
     ) -> None:
         """A BLE advert in a known format from a thing that is not enrolled."""
         if self.things.heard_unenrolled(mac, kind, now, rssi=rssi, hint=hint):
-            self.publish_candidates()
+            self._new_candidate()
         else:
             self.candidates_changed = True  # published with the next gateway state
 
@@ -513,7 +528,16 @@ class GatewayCore:
             now,
             public_key=inbound.received.signer_key,
         ):
+            self._new_candidate()
+
+    def _new_candidate(self) -> None:
+        """Publish the list now, unless it was published for a new candidate less than
+        CANDIDATES_MIN_INTERVAL ago: then tick() publishes it when that interval is over."""
+        if self._monotonic() - self._new_candidates_at >= CANDIDATES_MIN_INTERVAL:
             self.publish_candidates()
+            self._new_candidates_at = self._monotonic()
+        else:
+            self._new_candidates_pending = True
 
     def _consume(self, thing: Thing, inbound: Inbound, now: float) -> None:
         payload = inbound.packet.payload
