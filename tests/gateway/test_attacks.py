@@ -21,6 +21,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 import json
+import logging
 import os
 from pathlib import Path
 import secrets
@@ -416,7 +417,10 @@ def test_new_candidates_are_published_at_most_once_a_second() -> None:
     assert candidates() == 3  # a quiet gateway shows a new candidate at once
 
 
-async def test_hostile_requests_get_errors_or_are_counted(harness: Harness) -> None:
+async def test_hostile_requests_get_errors_or_are_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="i4t_gateway")
     alice = await enrolled(harness, "Alice")
     enroll = f"{harness.topics.base}/cmd/enroll"
     unanswerable = [
@@ -439,6 +443,9 @@ async def test_hostile_requests_get_errors_or_are_counted(harness: Harness) -> N
         lambda: dropped(harness),
     )
     assert harness.probe.last(harness.topics.reply("huge")) is None
+    # Counted each; logged once (a client publishing garbage in a loop cannot flood the log).
+    warnings = [r for r in caplog.records if "unanswerable request" in r.getMessage()]
+    assert len(warnings) == 1, warnings
 
     # With a usable request id, a clear error comes back.
     reply = await harness.request("enroll", kind={"native": [1, 2]}, name=5)
@@ -955,6 +962,7 @@ def test_no_identifying_data_in_the_log_at_info(
     assert process.returncode == 0
     log = log_file.read_text(encoding="utf-8", errors="replace")
     assert "started" in log, log
+    assert "unanswerable request on an unknown command" in log, log
     secrets_in_log = _identifying(log, gateway_id, things, token, data_dir)
     assert not secrets_in_log, f"identifying data in the log: {secrets_in_log}\n{log}"
 
@@ -1015,10 +1023,11 @@ def _run_scenario(
         qos=1,
     )
     mallory.report(gateway)  # an unenrolled thing: a candidate
+    # Hostile command names first: the first unanswerable request is the one logged.
+    send(f"{base}/cmd/{BEACON_MAC}", b"{", qos=1)
+    send(f"{base}/cmd/{alice.address.text}", b"{", qos=1)
     for payload in (b"{not json", b"[" * 60_000, b"x" * 70_000):
         send(f"{base}/cmd/enroll", payload, qos=1)
-    send(f"{base}/cmd/{BEACON_MAC}", b"{", qos=1)  # a hostile command name
-    send(f"{base}/cmd/{alice.address.text}", b"{", qos=1)
     tampered = bytearray(beacon(101, 99.0))
     tampered[-1] ^= 1
     for _ in range(3):

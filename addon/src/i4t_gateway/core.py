@@ -79,6 +79,9 @@ CANDIDATES_MIN_INTERVAL: Final = 1.0
 """Seconds between candidate-list publishes caused by strangers. Each new candidate republishes
 the whole list (up to 256 entries, tens of KB): without a bound, a stream of packets or adverts
 from new addresses would turn each small message into a large retained publish."""
+UNANSWERABLE_LOG_INTERVAL: Final = 60.0
+"""Seconds between warnings about unanswerable requests; the others are counted and logged at
+debug level, so that a client publishing garbage in a loop cannot flood the log."""
 """publish(topic, payload, retain)"""
 
 
@@ -169,6 +172,7 @@ class GatewayCore:
         self._monotonic = monotonic
         self._new_candidates_at = float("-inf")
         self._new_candidates_pending = False
+        self._unanswerable_logged_at = float("-inf")
         self.sender = Sender(identity)
         self.receiver = Receiver(identity)
         self._muted_nodes: set[bytes] = set()
@@ -592,7 +596,11 @@ class GatewayCore:
             # The topic level is whatever the publisher chose (an address, a MAC, control
             # characters): only a known command name goes into the log.
             shown = command if command in COMMAND_NAMES else "an unknown command"
-            _LOGGER.warning("unanswerable request on %s: %s", shown, err.message)
+            level = logging.DEBUG
+            if self._monotonic() - self._unanswerable_logged_at >= UNANSWERABLE_LOG_INTERVAL:
+                self._unanswerable_logged_at = self._monotonic()
+                level = logging.WARNING
+            _LOGGER.log(level, "unanswerable request on %s: %s", shown, err.message)
             return
         try:
             result = self._execute(request, now)
