@@ -154,7 +154,14 @@ async def test_admission_relay_rule_loops_duplicates_and_hop_limits(
         # A gateway cannot relay for a thing another gateway announced: dropped, not acked.
         foreign = thing_packet(far, thing.address)
         gate.publish(foreign)
-        await eventually(lambda: router.dropped["source_not_announced"] >= 1)
+        await eventually(lambda: router.dropped["source_elsewhere"] >= 1)
+        # A thing nobody announced yet (its gateway's announce still queued behind it) is
+        # relayed: it signed the packet itself.
+        unclaimed = thing_packet(stranger, far.address)
+        gate.publish(unclaimed)
+        unclaimed_id = open_packet(unclaimed).packet.message_id
+        await eventually(lambda: unclaimed_id in other.delivered())
+        other.publish(other.sender.ack(router.identity.address, [unclaimed_id]))
         # A packet for an address its own gateway announced would go back there: refused (and
         # acked, so that it is not sent again); so are a spent hop limit and no route at all.
         back = thing_packet(thing, thing.address)
@@ -171,6 +178,7 @@ async def test_admission_relay_rule_loops_duplicates_and_hop_limits(
             await eventually(lambda m=message_id: m in gate.acked())  # type: ignore[misc]
         assert open_packet(foreign).packet.message_id not in gate.acked()
         assert other.delivered().count(relayed_id) == copies  # nothing else reached it
+        assert set(other.delivered()) == {relayed_id, unclaimed_id}
 
         # A packet for the router queued before the gateway restarted, arriving after newer
         # ones: refused by the replay window, acked so that it leaves the gateway's queue.

@@ -5,7 +5,8 @@ It serves the gateways connected to its broker (docs/ROUTER.md):
 * every message on ``i4t/r/up/<gateway>`` is admitted (the gateway holds a valid token,
   tokens.py), held to the token's rates (usage.py), verified (endpoint.Receiver) and checked
   against the topic: the gateway must be the packet's signer (itself, or the proxy of its
-  thing) or must have announced the packet's source (a native thing of its own);
+  thing), or the packet's source (a native thing, signing itself) must not belong to another
+  gateway of the region;
 * packets for the router itself are announces (registry.RegionTable), name records, name queries
   and the answers to queries it forwarded up (registry.NameRegistry); acks release what it sent;
 * anything else is routed: an address announced in the region goes down to its gateway on
@@ -133,6 +134,7 @@ class RouterServer:
         self._outboxes: dict[str, Outbox] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
+        self._stopping = False
         self._pending_acks: dict[str, list[bytes]] = {}
         self._ack_scheduled = False
         self._background: set[asyncio.Task[None]] = set()
@@ -192,6 +194,7 @@ class RouterServer:
 
     async def stop(self) -> None:
         self._running = False
+        self._stopping = True  # what arrives from now on is not taken (nor acked)
         tasks = [*self._tasks.values(), *self._background]
         for task in tasks:
             task.cancel()
@@ -218,6 +221,8 @@ class RouterServer:
     # -- from the gateways -------------------------------------------------------------------
 
     def _on_up(self, topic: str, payload: bytes, retained: bool) -> None:
+        if self._stopping:
+            return
         if retained:  # replayed by the broker, not sent now
             self.dropped["retained"] += 1
             return
@@ -243,7 +248,7 @@ class RouterServer:
         if inbound.packet.type is PacketType.ACK:
             self._on_ack(gateway_id, gateway, inbound)
         elif not self._may_relay(gateway_id, gateway, inbound.packet):
-            self.dropped["source_not_announced"] += 1
+            self.dropped["source_elsewhere"] += 1  # not acked: sent again once the claim lapses
         else:
             self._take(gateway_id, inbound)
 
@@ -267,8 +272,18 @@ class RouterServer:
         return admission
 
     def _may_relay(self, gateway_id: str, gateway: Address, packet: Packet) -> bool:
-        """A gateway speaks for itself, its proxied things and what it announced, nobody else."""
-        return packet.signer == gateway or self.region.gateway_for(packet.src) == gateway_id
+        """A gateway speaks for itself and its proxied things; it relays a native thing's own
+        signed packets unless another gateway of the region holds that thing's address.
+
+        Not "only what it announced": a gateway (or child router) queues its things' packets
+        in order with its announces, and a router that left packets of not yet announced
+        sources unacked would let them fill the sender's window ahead of the announce that
+        makes them acceptable, stalling that uplink for good.
+        """
+        if packet.signer == gateway:
+            return True
+        holder = self.region.gateway_for(packet.src)
+        return holder is None or holder == gateway_id
 
     def _on_ack(self, gateway_id: str, gateway: Address, inbound: Inbound) -> None:
         packet = inbound.packet
@@ -438,6 +453,11 @@ class RouterServer:
         self.counters["announces"] += 1
         for reason, count in result.refused.items():
             self.dropped[f"announce_{reason}"] += count
+        if self.parent_address is not None and self.region.version != self._announced_version:
+            # Upward at once, ahead of the packets from these addresses that follow this
+            # announce in the gateway's queue: routers above learn an address before its
+            # first packet, so answers always find their way back.
+            self._announce_up(time.time(), everything=False)
 
     def _protected(self, address: Address) -> bool:
         """Addresses no gateway may claim: this router, its parent, admitted gateways."""

@@ -97,7 +97,9 @@ class GatewayServer:
         self.bus.subscribe(self.gatt.result_topic, self.gatt.handle_message, qos=1)
         self.commits = GroupCommit(self.store)
         self.forwarder = self._make_forwarder(settings)
-        self.bridges = _Bridges(self.devices, self.ble, self.gatt, self.forwarder)
+        self.bridges = _Bridges(
+            self.devices, self.ble, self.gatt, self.forwarder, self._announce_source
+        )
         self.core.devices = self.bridges
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
@@ -264,6 +266,13 @@ class GatewayServer:
         things = (thing.address for thing in self.core.things if self.core.serves(thing.address))
         return frozenset([self.identity.address, *things])
 
+    def _announce_source(self, source: Address) -> None:
+        """Before a thing's first packet goes up, the announce that makes its address known:
+        queued ahead of it in the same uplink, it reaches every router on the way first, so
+        an answer to the packet always finds its way back."""
+        if source not in self._announced and source != self.identity.address:
+            self._announce_if_due(time.monotonic())
+
     def _announce_if_due(self, elapsed: float) -> None:
         """Announce every announce_seconds, and at once when the served addresses changed."""
         if self.forwarder is None or self.settings.upstream_router is None:
@@ -334,11 +343,13 @@ class _Bridges(BridgeHooks):
         ble: BleEndpoint,
         gatt: GattRequests,
         uplink: Forwarder | None,
+        before_forward: Callable[[Address], None] = lambda source: None,
     ) -> None:
         self._fleet = fleet
         self._ble = ble
         self._gatt = gatt
         self._uplink = uplink
+        self._before_forward = before_forward
         self._gatt_results: Counter[str] = Counter()
 
     def gatt_write(self, thing: Thing, data: bytes) -> str | None:
@@ -366,6 +377,7 @@ class _Bridges(BridgeHooks):
     def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
         if self._uplink is None:
             return "no_uplink"
+        self._before_forward(packet.src)
         try:
             durable = self._uplink.submit(packet, data)
         except ForwardError as err:
