@@ -740,6 +740,11 @@ async def test_hostile_router_traffic_is_refused_and_loses_nothing(
     await eventually(lambda: forwarder.stats().acked == acked_before + 1)
     assert forwarder.stats().queued == queued - 1
     await still_serving(harness, alice, 9.0)
+    # The state published after a request keeps its uplink and BLE parts (it is retained: a
+    # state without them would show the uplink as unknown until the next refresh).
+    state = await published_state(harness)
+    assert state["uplink"]["router"] == ROUTER.address.text
+    assert "dropped" in state["ble"]
 
 
 async def test_a_flooding_thing_is_rate_limited_and_others_still_get_through(

@@ -173,6 +173,7 @@ class GatewayCore:
         self._new_candidates_at = float("-inf")
         self._new_candidates_pending = False
         self._unanswerable_logged_at = float("-inf")
+        self._bridge_parts: dict[str, Any] = {}
         self.sender = Sender(identity)
         self.receiver = Receiver(identity)
         self._muted_nodes: set[bytes] = set()
@@ -252,6 +253,14 @@ class GatewayCore:
         self.publish_gateway_state(now, extra)
 
     def publish_gateway_state(self, now: float, extra: dict[str, Any] | None = None) -> None:
+        """The gateway's state; ``extra`` is the server's bridge parts (BLE, GATT, uplink).
+
+        Without ``extra`` (after a request) the last parts given are repeated: the state is
+        retained, and leaving them out would make clients see the uplink as unknown until the
+        next refresh.
+        """
+        if extra is not None:
+            self._bridge_parts = dict(extra)
         state: dict[str, Any] = {
             "nodes": len(self.things),
             "groups": len(self.registry.groups()),
@@ -262,7 +271,7 @@ class GatewayCore:
             },
             "at": round(now, 3),
         }
-        state.update(extra or {})
+        state.update(self._bridge_parts)
         self._send_json(self.topics.gateway_state, state, retain=True)
 
     def publish_candidates(self) -> None:
