@@ -99,6 +99,7 @@ def test_token_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["token", *data, "issue", "--gateway", GATEWAY.text, "--days", "3"]) == 0
     token = capsys.readouterr().out.strip()
     assert (tmp_path / "operator.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "router.db").stat().st_mode & 0o777 == 0o600  # it holds the tokens
     book, _ = open_token_book(tmp_path)
     admission = book.admission(GATEWAY)
     assert admission is not None

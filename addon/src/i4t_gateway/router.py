@@ -52,8 +52,8 @@ from .payloads import (
 from .queue import ForwardError, GroupCommit, Outbox, PacketQueue, PersistentDedup, QueueError
 from .registry import NameRefusedError, NameRegistry, RegionTable
 from .settings import Settings
-from .store import get_meta, open_store, set_meta
-from .tokens import OPERATOR_KEY_FILE, ROUTER_DATABASE_FILE, Admission, TokenBook
+from .store import get_meta, set_meta
+from .tokens import OPERATOR_KEY_FILE, Admission, TokenBook, open_router_store
 from .usage import Accounting, CostModel
 from .wire import Packet, peek
 
@@ -109,7 +109,7 @@ class RouterServer:
         self.identity = load_or_create_identity(settings.data_dir / KEY_FILE)
         self.router_id = self.identity.address.text
         operator = load_or_create_identity(settings.data_dir / OPERATOR_KEY_FILE)
-        self.store = open_store(settings.data_dir / ROUTER_DATABASE_FILE)
+        self.store = open_router_store(settings.data_dir)
         self.commits = GroupCommit(self.store)
         self.queue = PacketQueue(self.commits)
         self.sender = Sender(self.identity)

@@ -301,12 +301,20 @@ class TokenBook:
         self.reload()
 
 
+def open_router_store(data_dir: Path) -> sqlite3.Connection:
+    """The router's database, readable by its owner only: the tokens in it are the gateways'
+    broker passwords. SQLite gives its -wal and -shm files the database file's mode."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ROUTER_DATABASE_FILE
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    return open_store(path)
+
+
 def open_token_book(data_dir: Path) -> tuple[TokenBook, Identity]:
     """The router's token book and operator key (created 0600 on first use)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     operator = load_or_create_identity(data_dir / OPERATOR_KEY_FILE)
-    conn = open_store(data_dir / ROUTER_DATABASE_FILE)
-    return TokenBook(conn, operator.public_bytes), operator
+    return TokenBook(open_router_store(data_dir), operator.public_bytes), operator
 
 
 # -- the command line: i4t-gateway token issue | list | revoke --------------------------------
