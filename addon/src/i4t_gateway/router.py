@@ -74,6 +74,7 @@ ANNOUNCE_LIFETIMES: Final = 3
 """An announce holds for this many announce intervals, so one lost announce changes nothing."""
 SESSION_GAP_FACTOR: Final = 1.5
 MAX_PENDING_QUERIES: Final = 10_000
+MAX_ASKERS_PER_QUERY: Final = 256
 QUERY_TIMEOUT_SECONDS: Final = 60.0
 HOUSEKEEPING_SECONDS: Final = 1.0
 TOKEN_RELOAD_SECONDS: Final = 2.0
@@ -512,7 +513,10 @@ class RouterServer:
             pending_id = query.message_id
             self._queries[pending_id] = _PendingQuery(name, time.monotonic())
             self._query_by_name[name] = pending_id
-        self._queries[pending_id].askers.append((asker, request_id))
+        askers = self._queries[pending_id].askers
+        if len(askers) >= MAX_ASKERS_PER_QUERY:
+            raise _RefusedError("too_many_askers")
+        askers.append((asker, request_id))
 
     def _on_name_answer(self, came_from: str, payload: NameAnswer) -> None:
         pending = self._queries.pop(payload.request_id, None) if came_from == PARENT else None
