@@ -38,10 +38,12 @@ from i4t_gateway.beacon import BEACON_UUID, BeaconFrame, encode_frame
 from i4t_gateway.ble import Advert
 from i4t_gateway.ble_bthome import BTHOME_UUID, encode_encrypted, encode_plain
 from i4t_gateway.endpoint import Sender
-from i4t_gateway.identity import Address, Identity
+from i4t_gateway.identity import Address, Identity, load_or_create_identity
 from i4t_gateway.mqtt_devices import tasmota_sensor
 from i4t_gateway.payloads import Ack, Command, Data, Reading
 from i4t_gateway.replay import wall_clock_ms
+from i4t_gateway.server import KEY_FILE
+from i4t_gateway.settings import Settings
 from i4t_gateway.wire import build, open_packet, seal_packet
 
 from .api_schemas import assert_valid
@@ -76,7 +78,7 @@ DAY_MS = 24 * 3600 * 1000
 # -- fixtures and helpers ----------------------------------------------------------------------
 
 
-def _settings(tmp_path: Path, broker: Mosquitto, **overrides: Any) -> Any:
+def _settings(tmp_path: Path, broker: Mosquitto, **overrides: Any) -> Settings:
     # Timeouts long enough that no node dies of silence during an attack.
     return fast_settings(
         tmp_path / "data", broker.url, timeout_floor=30.0, timeout_fallback=30.0, **overrides
@@ -809,9 +811,7 @@ async def _gateway_with_token(
 
 
 def _gateway_address(tmp_path: Path) -> Address:
-    from i4t_gateway.identity import load_or_create_identity  # noqa: PLC0415
-    from i4t_gateway.server import KEY_FILE  # noqa: PLC0415
-
+    """The address of the gateway the test will start (its key is made now)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     return load_or_create_identity(data_dir / KEY_FILE).address
