@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from homeassistant.components.sensor import (
@@ -150,20 +149,82 @@ async def async_setup_entry(
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupSensorDescription(SensorEntityDescription):
+    value: Callable[[GroupState], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSensorDescription(SensorEntityDescription):
+    value: Callable[[NodeState], Any]
+
+
+def _member_count(status: str) -> Callable[[GroupState], int]:
+    return lambda group: int(getattr(group, status))
+
+
+GROUP_SENSORS = (
+    GroupSensorDescription(
+        key="status",
+        translation_key="group_status",
+        device_class=SensorDeviceClass.ENUM,
+        options=list(GROUP_STATUSES),
+        value=lambda group: group.status,
+    ),
+    *(
+        GroupSensorDescription(
+            key=f"{count}_members",
+            translation_key=f"{count}_members",
+            state_class=SensorStateClass.MEASUREMENT,
+            value=_member_count(count),
+        )
+        for count in ("healthy", "broken", "dead")
+    ),
+)
+NODE_SENSORS = (
+    NodeSensorDescription(
+        key="status",
+        translation_key="node_status",
+        device_class=SensorDeviceClass.ENUM,
+        options=list(NODE_STATUSES),
+        value=lambda node: node.status,
+    ),
+    NodeSensorDescription(
+        key="last_seen",
+        translation_key="last_seen",
+        device_class=SensorDeviceClass.TIMESTAMP,
+        value=lambda node: (
+            None if node.last_seen is None else dt_util.utc_from_timestamp(node.last_seen)
+        ),
+    ),
+    NodeSensorDescription(
+        key="interval",
+        translation_key="interval",
+        device_class=SensorDeviceClass.DURATION,
+        native_unit_of_measurement=UnitOfTime.SECONDS,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        suggested_display_precision=1,
+        value=lambda node: node.interval,
+    ),
+    NodeSensorDescription(
+        key="rssi",
+        translation_key="rssi",
+        device_class=SensorDeviceClass.SIGNAL_STRENGTH,
+        native_unit_of_measurement=SIGNAL_STRENGTH_DECIBELS_MILLIWATT,
+        state_class=SensorStateClass.MEASUREMENT,
+        entity_category=EntityCategory.DIAGNOSTIC,
+        entity_registry_enabled_default=False,
+        value=lambda node: node.rssi,
+    ),
+)
+
+
 def _group_sensors(coordinator: I4TCoordinator, group_id: str) -> list[SensorEntity]:
-    return [
-        GroupStatusSensor(coordinator, group_id),
-        *(GroupCountSensor(coordinator, group_id, key) for key in ("healthy", "broken", "dead")),
-    ]
+    return [GroupSensor(coordinator, group_id, description) for description in GROUP_SENSORS]
 
 
 def _node_sensors(coordinator: I4TCoordinator, address: str) -> list[SensorEntity]:
-    return [
-        NodeStatusSensor(coordinator, address),
-        NodeLastSeenSensor(coordinator, address),
-        NodeIntervalSensor(coordinator, address),
-        NodeRssiSensor(coordinator, address),
-    ]
+    return [NodeSensor(coordinator, address, description) for description in NODE_SENSORS]
 
 
 def _new_readings(
@@ -188,113 +249,46 @@ class GatewaySensor(GatewayEntity, SensorEntity):
         return self.entity_description.value(self.coordinator.data.stats)
 
 
-class GroupStatusSensor(GroupEntity, SensorEntity):
-    """The group's IINP status."""
+class GroupSensor(GroupEntity, SensorEntity):
+    """A figure of a node group: its IINP status, or how many members are in one state."""
 
-    _attr_device_class = SensorDeviceClass.ENUM
-    _attr_options: list[str] | None = list(GROUP_STATUSES)  # noqa: RUF012 - HA's attribute
-    _attr_translation_key = "group_status"
+    entity_description: GroupSensorDescription
 
-    def __init__(self, coordinator: I4TCoordinator, group_id: str) -> None:
-        super().__init__(coordinator, group_id, "status")
+    def __init__(
+        self, coordinator: I4TCoordinator, group_id: str, description: GroupSensorDescription
+    ) -> None:
+        super().__init__(coordinator, group_id, description.key)
+        self.entity_description = description
 
     @property
-    def native_value(self) -> str | None:
+    def native_value(self) -> Any:
         group = self.group
-        return None if group is None else group.status
+        return None if group is None else self.entity_description.value(group)
 
     @property
     def extra_state_attributes(self) -> dict[str, Any] | None:
         group = self.group
-        if group is None:
+        if group is None or self.entity_description.key != "status":
             return None
         return {"quorum": group.quorum_size, "response": group.response, "muted": group.muted}
 
 
-class GroupCountSensor(GroupEntity, SensorEntity):
-    """How many of the group's voting members are healthy, broken or dead."""
+class NodeSensor(NodeEntity, SensorEntity):
+    """A figure of a node: its status (unknown until first heard), when it was last heard,
+    its learned reporting interval, the signal strength of its last advert."""
 
-    _attr_state_class = SensorStateClass.MEASUREMENT
+    entity_description: NodeSensorDescription
 
-    def __init__(self, coordinator: I4TCoordinator, group_id: str, key: str) -> None:
-        super().__init__(coordinator, group_id, f"{key}_members")
-        self._key = key
-        self._attr_translation_key = f"{key}_members"
-
-    @property
-    def native_value(self) -> int | None:
-        group: GroupState | None = self.group
-        return None if group is None else int(getattr(group, self._key))
-
-
-class NodeStatusSensor(NodeEntity, SensorEntity):
-    """The node's status: healthy, broken or dead (unknown until first heard)."""
-
-    _attr_device_class = SensorDeviceClass.ENUM
-    _attr_options: list[str] | None = list(NODE_STATUSES)  # noqa: RUF012 - HA's attribute
-    _attr_translation_key = "node_status"
-
-    def __init__(self, coordinator: I4TCoordinator, address: str) -> None:
-        super().__init__(coordinator, address, "status")
+    def __init__(
+        self, coordinator: I4TCoordinator, address: str, description: NodeSensorDescription
+    ) -> None:
+        super().__init__(coordinator, address, description.key)
+        self.entity_description = description
 
     @property
-    def native_value(self) -> str | None:
+    def native_value(self) -> Any:
         node = self.node
-        return None if node is None else node.status
-
-
-class NodeLastSeenSensor(NodeEntity, SensorEntity):
-    """When the node was last heard."""
-
-    _attr_device_class = SensorDeviceClass.TIMESTAMP
-    _attr_translation_key = "last_seen"
-
-    def __init__(self, coordinator: I4TCoordinator, address: str) -> None:
-        super().__init__(coordinator, address, "last_seen")
-
-    @property
-    def native_value(self) -> datetime | None:
-        node = self.node
-        if node is None or node.last_seen is None:
-            return None
-        return dt_util.utc_from_timestamp(node.last_seen)
-
-
-class NodeIntervalSensor(NodeEntity, SensorEntity):
-    """The node's learned reporting interval (the largest of its recent gaps)."""
-
-    _attr_device_class = SensorDeviceClass.DURATION
-    _attr_native_unit_of_measurement = UnitOfTime.SECONDS
-    _attr_entity_category = EntityCategory.DIAGNOSTIC
-    _attr_suggested_display_precision = 1
-    _attr_translation_key = "interval"
-
-    def __init__(self, coordinator: I4TCoordinator, address: str) -> None:
-        super().__init__(coordinator, address, "interval")
-
-    @property
-    def native_value(self) -> float | None:
-        node = self.node
-        return None if node is None else node.interval
-
-
-class NodeRssiSensor(NodeEntity, SensorEntity):
-    """The signal strength of a BLE node's last advert."""
-
-    _attr_device_class = SensorDeviceClass.SIGNAL_STRENGTH
-    _attr_native_unit_of_measurement = SIGNAL_STRENGTH_DECIBELS_MILLIWATT
-    _attr_state_class = SensorStateClass.MEASUREMENT
-    _attr_entity_category = EntityCategory.DIAGNOSTIC
-    _attr_entity_registry_enabled_default = False
-    _attr_translation_key = "rssi"
-
-    def __init__(self, coordinator: I4TCoordinator, address: str) -> None:
-        super().__init__(coordinator, address, "rssi")
-
-    @property
-    def native_value(self) -> int | None:
-        node = self.node
-        return None if node is None else node.rssi
+        return None if node is None else self.entity_description.value(node)
 
 
 class ReadingSensor(NodeEntity, SensorEntity):
