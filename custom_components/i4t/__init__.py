@@ -17,7 +17,11 @@ from .const import CONF_BLE_BRIDGE, CONF_REMOTE_SCANNERS, DOMAIN, SUBENTRY_GROUP
 from .coordinator import I4TConfigEntry, I4TCoordinator
 from .entity import gateway_device_info, node_device_info
 from .group_entries import async_entry_updated, async_gateway_changed
-from .repairs import async_track_gateway_reachability, async_track_things_to_enroll
+from .repairs import (
+    async_track_gateway_reachability,
+    async_track_things_to_enroll,
+    async_track_token_expiry,
+)
 from .services import async_setup_services
 
 PLATFORMS: list[Platform] = [
@@ -56,6 +60,7 @@ async def async_setup_entry(hass: HomeAssistant, entry: I4TConfigEntry) -> bool:
     entry.async_on_unload(coordinator.async_add_listener(gateway_changed))
     entry.async_on_unload(async_track_gateway_reachability(hass, entry))
     entry.async_on_unload(async_track_things_to_enroll(hass, entry))
+    entry.async_on_unload(async_track_token_expiry(hass, entry))
     entry.async_on_unload(await async_setup_ble_bridge(hass, entry, coordinator.gateway_id))
     applied_options = dict(entry.options)
 

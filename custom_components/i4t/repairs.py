@@ -171,6 +171,50 @@ def enrollable_candidates(candidates: list[Any]) -> list[Candidate]:
     return list(found.values())
 
 
+TOKEN_WARNING = timedelta(days=14)
+
+
+def _token_issue_id(entry_id: str) -> str:
+    return f"router_token_expiring_{entry_id}"
+
+
+@callback
+def async_track_token_expiry(hass: HomeAssistant, entry: I4TConfigEntry) -> CALLBACK_TYPE:
+    """Warn TOKEN_WARNING before the gateway's router token expires (an error once it has),
+    so that the user asks the router's operator for a new one in time."""
+    coordinator = entry.runtime_data
+    issue_id = _token_issue_id(entry.entry_id)
+
+    @callback
+    def follow() -> None:
+        uplink = coordinator.data.stats.get("uplink")
+        expires = uplink.get("token_expires") if isinstance(uplink, dict) else None
+        if not isinstance(expires, int | float) or isinstance(expires, bool):
+            ir.async_delete_issue(hass, DOMAIN, issue_id)
+            return
+        left = dt_util.utc_from_timestamp(expires) - dt_util.utcnow()
+        if left > TOKEN_WARNING:
+            ir.async_delete_issue(hass, DOMAIN, issue_id)
+            return
+        ir.async_create_issue(
+            hass,
+            DOMAIN,
+            issue_id,
+            is_fixable=False,
+            severity=ir.IssueSeverity.ERROR
+            if left.total_seconds() <= 0
+            else ir.IssueSeverity.WARNING,
+            translation_key="router_token_expiring",
+            translation_placeholders={
+                "name": entry.title,
+                "days": str(max(0, left.days)),
+            },
+        )
+
+    follow()
+    return coordinator.async_add_listener(follow)
+
+
 @callback
 def async_track_things_to_enroll(hass: HomeAssistant, entry: I4TConfigEntry) -> CALLBACK_TYPE:
     """Keep one fixable issue per gateway while it has things to enroll; returns the function

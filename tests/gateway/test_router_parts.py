@@ -23,6 +23,8 @@ from i4t_gateway.tokens import (
     TokenLimits,
     open_token_book,
     read_token,
+    sign_token,
+    token_expiry_ms,
 )
 from i4t_gateway.usage import Accounting, CostModel
 
@@ -229,3 +231,12 @@ def test_usage_limits_and_cost() -> None:
     costs = CostModel(monthly_cost=10.0, currency="EUR")
     assert costs.per_thing_month(0) is None
     assert costs.per_thing_month(10_000) == pytest.approx(0.001)
+
+
+def test_a_gateway_reads_its_own_tokens_expiry_without_the_operator_key() -> None:
+    operator = Identity.from_seed(bytes([41]) * 32)
+    gateway = Identity.from_seed(bytes([42]) * 32).address
+    claims = TokenClaims(bytes(16), gateway, 1_000, 1_795_000_000_000, TokenLimits())
+    assert token_expiry_ms(sign_token(operator, claims)) == 1_795_000_000_000
+    assert token_expiry_ms("token-for-tests") is None
+    assert token_expiry_ms("") is None

@@ -11,6 +11,7 @@ from homeassistant.components.device_automation import DeviceAutomationType
 from homeassistant.core import HomeAssistant, ServiceCall
 from homeassistant.helpers import device_registry as dr, issue_registry as ir
 from homeassistant.setup import async_setup_component
+from homeassistant.util import dt as dt_util
 from pytest_homeassistant_custom_component.common import (
     MockConfigEntry,
     async_fire_time_changed,
@@ -152,5 +153,38 @@ async def test_long_outage_raises_a_repair_issue_that_clears(
     await hass.async_block_till_done()
     assert issue_registry.async_get_issue(DOMAIN, issue_id) is not None
     gateway.broker.set(f"{gateway.base}/availability", "online")
+    await hass.async_block_till_done()
+    assert issue_registry.async_get_issue(DOMAIN, issue_id) is None
+
+
+async def test_router_token_expiry_raises_a_repair_issue(
+    hass: HomeAssistant,
+    loaded_entry: MockConfigEntry,
+    gateway: FakeGateway,
+    issue_registry: ir.IssueRegistry,
+) -> None:
+    issue_id = f"router_token_expiring_{loaded_entry.entry_id}"
+    stats = load_json("gateway_state")
+
+    def uplink_token(expires: float | None) -> None:
+        uplink = {"connected": True, "router": None, "token_expires": expires}
+        gateway.broker.set(f"{gateway.base}/state/gateway", json.dumps({**stats, "uplink": uplink}))
+
+    now = dt_util.utcnow().timestamp()
+    uplink_token(now + 60 * 86400)
+    await hass.async_block_till_done()
+    assert issue_registry.async_get_issue(DOMAIN, issue_id) is None
+    uplink_token(now + 3 * 86400 + 60)
+    await hass.async_block_till_done()
+    issue = issue_registry.async_get_issue(DOMAIN, issue_id)
+    assert issue is not None
+    assert issue.severity is ir.IssueSeverity.WARNING
+    assert issue.translation_placeholders == {"name": loaded_entry.title, "days": "3"}
+    uplink_token(now - 10)
+    await hass.async_block_till_done()
+    issue = issue_registry.async_get_issue(DOMAIN, issue_id)
+    assert issue is not None
+    assert issue.severity is ir.IssueSeverity.ERROR
+    uplink_token(None)  # a new token the gateway cannot read, or no router: no warning
     await hass.async_block_till_done()
     assert issue_registry.async_get_issue(DOMAIN, issue_id) is None

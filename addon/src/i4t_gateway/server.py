@@ -34,6 +34,7 @@ from .settings import Settings
 from .store import get_meta, open_store, set_meta
 from .things import Thing, ThingKind
 from .timeouts import TimeoutPolicy
+from .tokens import token_expiry_ms
 from .wire import Packet
 
 _LOGGER = logging.getLogger(__name__)
@@ -106,6 +107,12 @@ class GatewayServer:
         self._housekeeping: asyncio.Task[None] | None = None
         self._announced: frozenset[Address] = frozenset()
         self._last_announce = float("-inf")
+
+    @property
+    def _token_expires(self) -> float | None:
+        """Unix time the router token expires (for the integration's repair), if readable."""
+        expires_ms = token_expiry_ms(self.settings.upstream_token or "")
+        return None if expires_ms is None else expires_ms / 1000
 
     def _make_forwarder(self, settings: Settings) -> Forwarder | None:
         """The durable uplink to the regional router, when one is configured."""
@@ -313,6 +320,7 @@ class GatewayServer:
                 **uplink.as_dict(),
                 "connected": uplink.link_up,
                 "router": self.settings.upstream_router,
+                "token_expires": self._token_expires,
             }
         return state
 

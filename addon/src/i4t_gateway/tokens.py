@@ -146,6 +146,21 @@ def read_token(text: str, operator_key: bytes) -> TokenClaims:
         raise TokenError(f"not a valid token of this operator: {err}") from None
 
 
+def token_expiry_ms(text: str) -> int | None:
+    """When a token expires, read without verifying it: a gateway shows its own token's expiry
+    (it does not hold the operator's key, and trusts its own configuration). None if the text
+    is not a token."""
+    if not text.startswith(TOKEN_PREFIX) or len(text) > MAX_TOKEN_TEXT:
+        return None
+    body = text.removeprefix(TOKEN_PREFIX)
+    try:
+        envelope = decode_sign1(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        m = s.fields(decode(envelope.payload), _CLAIMS, frozenset(), _R, "token")
+        return s.uint(m[4], _R, "expires")
+    except (binascii.Error, ValueError, PacketError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """A gateway admitted by a valid token: who, until when, with which limits."""
