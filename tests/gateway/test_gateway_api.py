@@ -267,6 +267,20 @@ async def test_adopted_mqtt_device_is_a_node_of_the_gateway(harness: Harness) ->
     assert node["kind"] == "mqtt"
     values = {reading["value"] for reading in node["readings"].values()}
     assert {18.5, 52.0} <= values
+    # A payload that is not the device's JSON is dropped, counted in the gateway's state.
+    device.publish("tele/plug_1/SENSOR", b"{not json", qos=1)
+    await eventually(lambda: harness.server.devices.dropped().total() >= 1)
+    harness.server.core.publish_gateway_state(time.time(), harness.server._bridge_state())
+    await eventually(
+        lambda: (
+            json.loads(harness.probe.last(harness.topics.gateway_state) or b"{}")
+            .get("mqtt_devices", {})
+            .get("adopted")
+            == 1
+        )
+    )
+    state = json.loads(harness.probe.last(harness.topics.gateway_state) or b"{}")
+    assert sum(state["mqtt_devices"]["dropped"].values()) >= 1
     # The device's last will: dead at once, not at the end of its timeout.
     device.publish("tele/plug_1/LWT", b"Offline", qos=1, retain=True)
     await eventually(lambda: (harness.node(address) or {}).get("status") == "dead")

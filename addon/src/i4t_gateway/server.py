@@ -312,7 +312,12 @@ class GatewayServer:
     def _bridge_state(self) -> dict[str, object]:
         state: dict[str, object] = {
             "ble": self.ble.diagnostics(),
-            "gatt": {"pending": len(self.gatt), **self.bridges.gatt_results()},
+            "gatt": {
+                "pending": len(self.gatt),
+                **self.bridges.gatt_results(),
+                **{f"dropped_{reason}": n for reason, n in self.gatt.dropped.items()},
+            },
+            "mqtt_devices": {"adopted": len(self.devices), "dropped": dict(self.devices.dropped())},
         }
         if self.forwarder is not None:
             uplink = self.forwarder.stats()
