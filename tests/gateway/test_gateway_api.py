@@ -173,6 +173,7 @@ async def test_requests_are_validated_with_stable_error_codes(harness: Harness) 
         ("group_create", {"name": "g", "quorum": {"kind": "count", "value": 0}}, "invalid"),
         ("mute", {"target": "node", "id": thing.address.text, "muted": True}, "not_found"),
         ("send", {"destination": thing.address.text, "command": "x"}, "no_route"),
+        ("send", {"destination": "Not a name!", "command": "x"}, "invalid"),
         ("reboot", {}, "unknown_command"),
     ]
     for command, body, code in cases:

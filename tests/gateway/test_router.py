@@ -240,3 +240,45 @@ async def test_soak_across_regions_with_both_region_routers_restarted(
     await eventually(lambda: set(sent) <= set(received_ids(target)), seconds=120)
     received = received_ids(target)
     assert all(received.count(m) == 1 for m in sent)
+
+
+async def test_send_to_a_name_resolved_by_the_router(
+    five_brokers: list[Mosquitto], tmp_path: Path
+) -> None:
+    router_broker, local_a, local_b = five_brokers[:3]
+    router = await start_router(tmp_path / "router", router_broker)
+    gateways: list[Harness] = []
+    try:
+        for name, local in (("a", local_a), ("b", local_b)):
+            gateways.append(
+                await start_gateway(tmp_path / name, tmp_path / "router", router_broker, local)
+            )
+        gateway_a, gateway_b = gateways
+        lamp = gateway_b.thing()
+        await gateway_b.enroll(lamp, "Lamp B")
+        await eventually(routes(router, lamp, gateway_b.gateway))
+        record = sign_name_record(lamp.identity, "porch-lamp", seq=1, expires_ms=_in_an_hour())
+        lamp.send(router.identity.address, NameRecordPayload(record))
+        await eventually(lambda: router.names.lookup("porch-lamp") == record)
+
+        reply = await gateway_a.request("send", destination="porch-lamp", command="on")
+        assert reply["ok"], reply
+        assert reply["result"]["address"] == lamp.address.text
+
+        def commands() -> list[Command]:
+            return [p.payload for p in lamp.payloads(Command) if p.src == gateway_a.gateway]
+
+        await eventually(lambda: commands() == [Command("on")], seconds=15)
+        # The second time the name comes from gateway A's cache: no new query.
+        asked = router.counters["name_queries"]
+        reply = await gateway_a.request("send", destination="porch-lamp", command="off")
+        assert reply["ok"], reply
+        await eventually(lambda: commands() == [Command("on"), Command("off")], seconds=15)
+        assert router.counters["name_queries"] == asked
+        # A name nobody holds.
+        reply = await gateway_a.request("send", destination="nobody-here", command="on")
+        assert reply["error"]["code"] == "not_found"
+    finally:
+        for gateway in gateways:
+            await gateway.stop()
+        await router.stop()

@@ -92,5 +92,7 @@ async def test_without_an_uplink_remote_packets_are_not_acked(
         assert not thing.acked(message_id)  # it keeps the packet and retries
         reply = await gateway.request("send", destination=FAR_AWAY.address.text, command="x")
         assert reply["error"]["code"] == "no_route"
+        reply = await gateway.request("send", destination="some-name", command="x")
+        assert reply["error"]["code"] == "no_route"  # names are resolved by a router
     finally:
         await gateway.stop()

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .groups import NodeClass, NodeRole, Quorum, QuorumKind
 from .identity import Address, AddressError
+from .names import MAX_NAME_LENGTH, is_valid_name
 from .things import ThingKind
 
 MAX_REQUEST_BYTES: Final = 64 * 1024
@@ -88,7 +89,7 @@ class Mute:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    destination: Address
+    destination: Address | str  # an address, or a name the regional routers resolve
     command: str
     args: dict[str, float | int | str | bool | None]
 
@@ -315,7 +316,17 @@ def _send(body: dict[str, Any]) -> Send:
     for key, value in args.items():
         if not isinstance(value, str | int | float | bool) and value is not None:
             raise ApiError("invalid", f"args.{key}: a text, number, boolean or null")
-    return Send(_address(body, "destination"), _text(body, "command", maximum=64), dict(args))
+    return Send(_destination(body), _text(body, "command", maximum=64), dict(args))
+
+
+def _destination(body: dict[str, Any]) -> Address | str:
+    text = _text(body, "destination", maximum=MAX_NAME_LENGTH)
+    try:
+        return Address.from_text(text)
+    except AddressError:
+        if is_valid_name(text):
+            return str(text)
+        raise ApiError("invalid", "destination: an I4T address or a name") from None
 
 
 def _configure(body: dict[str, Any]) -> Configure:

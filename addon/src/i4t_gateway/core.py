@@ -66,7 +66,17 @@ from .mqtt_devices import (
     definition_for_enrolment,
     definition_from_json,
 )
-from .payloads import Command, Data, HealthResponse, NodeHealth, PacketType, Payload
+from .names import verify_name_record
+from .payloads import (
+    Command,
+    Data,
+    HealthResponse,
+    NameAnswer,
+    NameQuery,
+    NodeHealth,
+    PacketType,
+    Payload,
+)
 from .things import EnrolmentError, Thing, ThingKind, Things
 from .timeouts import TimeoutPolicy
 from .wire import Packet
@@ -105,6 +115,11 @@ class BridgeHooks:
         None when requested, else why not."""
         return "no_ble_bridge"
 
+    @property
+    def router(self) -> Address | None:
+        """The regional router's address, when there is an uplink."""
+        return None
+
     def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
         """Queue ``data`` for the regional router; call ``stored`` once it is durable.
 
@@ -117,6 +132,18 @@ _REPORTED: dict[NodeHealth, NodeStatus] = {
     NodeHealth.HEALTHY: NodeStatus.HEALTHY,
     NodeHealth.BROKEN: NodeStatus.BROKEN,
 }
+
+
+NAME_QUERY_TIMEOUT = 15.0
+"""Seconds a request to send to a name waits for the router's answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _NameQuery:
+    name: str
+    request_id: str
+    command: Send
+    asked: float
 
 
 @dataclass
@@ -166,6 +193,8 @@ class GatewayCore:
         self.counters = Counters()
         self.devices = device_hooks or BridgeHooks()
         self._factor_override: float | None = None
+        self._names: dict[str, tuple[Address, float]] = {}  # resolved names, until they expire
+        self._name_queries: dict[bytes, _NameQuery] = {}
         self.candidates_changed = False
         # New candidates: published at once, or at most every CANDIDATES_MIN_INTERVAL (by this
         # clock: an advert's own time is the sender's word) with the rest in tick().
@@ -380,6 +409,7 @@ class GatewayCore:
         self._dirty_groups.update(member.group_id for member in self._expiring(now))
         self.health.expire(now)
         self.agents.tick(now)
+        self._expire_name_queries(now)
         self._show_quiet_changes()
         self._flush_groups()
         if self._new_candidates_pending:
@@ -616,6 +646,8 @@ class GatewayCore:
         except ApiError as err:
             self._reply(request.request_id, reply_error(request.request_id, err))
             return
+        if result is None:
+            return  # answered later (a name being resolved)
         self.dirty = True
         self._flush_groups()
         self._reply(request.request_id, reply_ok(request.request_id, result))
@@ -624,10 +656,12 @@ class GatewayCore:
     def _reply(self, request_id: str, body: dict[str, Any]) -> None:
         self._send_json(self.topics.reply(request_id), body, retain=False)
 
-    def _execute(self, request: Request, now: float) -> dict[str, Any]:
+    def _execute(self, request: Request, now: float) -> dict[str, Any] | None:
         command = request.command
         if isinstance(command, Enroll):
             return self._enroll(command, now)
+        if isinstance(command, Send) and isinstance(command.destination, str):
+            return self._send_to_name(request.request_id, command, now)
         handlers: dict[type, Callable[[Any], dict[str, Any]]] = {
             Remove: self._remove,
             GroupCreate: self._group_create,
@@ -787,7 +821,57 @@ class GatewayCore:
             )
         return {"timeout_factor": self.health.policy.factor}
 
+    def _send_to_name(self, request_id: str, command: Send, now: float) -> dict[str, Any] | None:
+        """Send to a name: from the cache, or after the regional router resolved it."""
+        name = str(command.destination)
+        cached = self._names.get(name)
+        if cached is not None and cached[1] > now:
+            return {
+                **self._send(dataclasses.replace(command, destination=cached[0])),
+                "address": cached[0].text,
+            }
+        router = self.devices.router
+        if router is None:
+            raise ApiError("no_route", "names are resolved by a regional router, and none is set")
+        query = self.sender.packet(router, NameQuery(name))
+        refused = self.devices.forward_up(query, self.sender.seal(query), lambda: None)
+        if refused is not None:
+            raise ApiError("no_route", f"the name cannot be asked for ({refused})")
+        self._name_queries[query.message_id] = _NameQuery(name, request_id, command, now)
+        return None
+
+    def _on_name_answer(self, answer: NameAnswer, now: float) -> None:
+        query = self._name_queries.pop(answer.request_id, None)
+        if query is None:
+            self.counters.dropped["unasked_name_answer"] += 1
+            return
+        try:
+            if answer.record is None:
+                raise ApiError("not_found", f"no router knows the name {query.name}")
+            try:
+                record = verify_name_record(answer.record, now_ms=int(now * 1000))
+            except PacketError as err:
+                raise ApiError("not_found", f"the router's answer is not valid ({err})") from err
+            if record.name != query.name:
+                raise ApiError("not_found", "the router answered for another name")
+            self._names[query.name] = (record.address, record.expires_ms / 1000)
+            sent = self._send(dataclasses.replace(query.command, destination=record.address))
+        except ApiError as err:
+            self._reply(query.request_id, reply_error(query.request_id, err))
+            return
+        self._reply(
+            query.request_id, reply_ok(query.request_id, {**sent, "address": record.address.text})
+        )
+
+    def _expire_name_queries(self, now: float) -> None:
+        for message_id, query in list(self._name_queries.items()):
+            if now - query.asked > NAME_QUERY_TIMEOUT:
+                del self._name_queries[message_id]
+                error = ApiError("no_route", f"no answer for the name {query.name} in time")
+                self._reply(query.request_id, reply_error(query.request_id, error))
+
     def _send(self, command: Send) -> dict[str, Any]:
+        assert isinstance(command.destination, Address)
         target = self.things.get(command.destination)
         packet = self.sender.packet(command.destination, Command(command.command, command.args))
         data = self.sender.seal(packet)
@@ -803,7 +887,14 @@ class GatewayCore:
         return {"message_id": packet.message_id.hex()}
 
     def deliver_from_router(self, inbound: Inbound) -> None:
-        """A packet the router sent down for one of this gateway's native things."""
+        """A packet the router sent down for one of this gateway's native things, or for the
+        gateway itself (an answer to its name query)."""
+        if inbound.packet.dst == self.identity.address:
+            if isinstance(inbound.packet.payload, NameAnswer):
+                self._on_name_answer(inbound.packet.payload, time.time())
+            else:
+                self.counters.dropped["unsupported_type"] += 1
+            return
         target = self.things.get(inbound.packet.dst)
         if target is None or target.kind is not ThingKind.NATIVE:
             self.counters.dropped["unasked"] += 1

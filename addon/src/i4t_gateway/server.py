@@ -365,6 +365,10 @@ class _Bridges(BridgeHooks):
         self._before_forward = before_forward
         self._gatt_results: Counter[str] = Counter()
 
+    @property
+    def router(self) -> Address | None:
+        return None if self._uplink is None else self._uplink.link.router
+
     def gatt_write(self, thing: Thing, data: bytes) -> str | None:
         assert thing.mac is not None
         try:
