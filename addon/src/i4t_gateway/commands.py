@@ -319,14 +319,18 @@ def _send(body: dict[str, Any]) -> Send:
     return Send(_destination(body), _text(body, "command", maximum=64), dict(args))
 
 
+_ADDRESS_SHAPED = re.compile(r"^i4t[a-z2-7]+$")
+
+
 def _destination(body: dict[str, Any]) -> Address | str:
     text = _text(body, "destination", maximum=MAX_NAME_LENGTH)
     try:
         return Address.from_text(text)
-    except AddressError:
-        if is_valid_name(text):
+    except AddressError as err:
+        # Text shaped like an address is a mistyped address, not a name to look up.
+        if is_valid_name(text) and not _ADDRESS_SHAPED.match(text):
             return str(text)
-        raise ApiError("invalid", "destination: an I4T address or a name") from None
+        raise ApiError("invalid", f"destination: not an I4T address or name ({err})") from None
 
 
 def _configure(body: dict[str, Any]) -> Configure:
