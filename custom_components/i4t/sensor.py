@@ -113,7 +113,8 @@ GATEWAY_SENSORS = (
         key="region",
         translation_key="region",
         entity_category=EntityCategory.DIAGNOSTIC,
-        value=lambda stats: _uplink(stats, "region"),
+        # A region is known by its router: the router's address (docs/ROUTER.md).
+        value=lambda stats: _uplink(stats, "router"),
     ),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from homeassistant.const import STATE_OFF, STATE_ON, STATE_UNAVAILABLE, STATE_UNKNOWN
@@ -250,3 +251,21 @@ async def test_event_entities_and_bus_events_follow_status_changes(
         "new": "broken",
     }
     assert f"group_{group_event['new']}" in by_type
+
+
+async def test_gateway_uplink_sensors(
+    hass: HomeAssistant,
+    loaded_entry: MockConfigEntry,
+    gateway: FakeGateway,
+    entity_registry: er.EntityRegistry,
+) -> None:
+    gateway_id = load_json("gateway_info")["id"]
+    uplink = {"connected": True, "router": "i4tarouterrouterrouterrouterro", "queued": 3,
+              "forwarded": 42, "token_expires": None}  # fmt: skip
+    stats = {**load_json("gateway_state"), "uplink": uplink}
+    gateway.broker.set(f"{gateway.base}/state/gateway", json.dumps(stats))
+    await hass.async_block_till_done()
+    assert state(hass, entity_registry, "binary_sensor", f"{gateway_id}-uplink") == STATE_ON
+    assert state(hass, entity_registry, "sensor", f"{gateway_id}-queue_depth") == "3"
+    assert state(hass, entity_registry, "sensor", f"{gateway_id}-packets_forwarded") == "42"
+    assert state(hass, entity_registry, "sensor", f"{gateway_id}-region") == uplink["router"]
