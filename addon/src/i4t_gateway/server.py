@@ -311,6 +311,8 @@ class GatewayServer:
 
     def _bridge_state(self) -> dict[str, object]:
         state: dict[str, object] = {
+            # LAN peering (other gateways found by zeroconf) is not built yet: no peers.
+            "peers": 0,
             "ble": self.ble.diagnostics(),
             "gatt": {
                 "pending": len(self.gatt),
