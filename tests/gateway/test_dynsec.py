@@ -30,14 +30,20 @@ from i4t_gateway.dynsec import (
     Listener,
     Provisioning,
     broker_config,
-    gateway_client_id,
     main,
     password_fingerprint,
     write_broker_config,
 )
 from i4t_gateway.endpoint import Inbound, Receiver, Sender
 from i4t_gateway.identity import Address, Identity
-from i4t_gateway.links import Forwarder, RateLimit, RouterLink, down_topic, up_topic
+from i4t_gateway.links import (
+    Forwarder,
+    RateLimit,
+    RouterLink,
+    down_topic,
+    gateway_client_id,
+    up_topic,
+)
 from i4t_gateway.payloads import Data, Reading
 from i4t_gateway.queue import GroupCommit, PacketQueue, PersistentDedup, RetryPolicy
 from i4t_gateway.settings import BrokerAddress

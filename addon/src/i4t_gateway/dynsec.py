@@ -46,6 +46,7 @@ from typing import Any, Final, Protocol
 
 from .bus import MqttBus, TlsFiles
 from .identity import Address, AddressError
+from .links import down_topic, gateway_client_id, up_topic
 from .settings import BrokerAddress
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,11 +54,8 @@ _LOGGER = logging.getLogger(__name__)
 CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC: Final = f"{CONTROL_TOPIC}/response"
 CONTROL_TOPICS: Final = "$CONTROL/dynamic-security/#"
-UP_TOPIC_PREFIX: Final = "i4t/r/up"
-DOWN_TOPIC_PREFIX: Final = "i4t/r/down"
 ROUTER_TOPICS: Final = "i4t/r/#"
 GATEWAY_ROLE_PREFIX: Final = "i4t-gw-"
-GATEWAY_CLIENT_ID_PREFIX: Final = "i4t-gw-"
 GATEWAY_TEXT_NAME: Final = "i4t gateway"
 ROUTER_ROLE: Final = "i4t-router"
 ADMIN_ROLE: Final = "i4t-dynsec-admin"
@@ -159,20 +157,15 @@ def gateway_role(address: str) -> str:
     return f"{GATEWAY_ROLE_PREFIX}{address}"
 
 
-def gateway_client_id(address: str) -> str:
-    """The MQTT client id a gateway uses on its router's broker (docs/ROUTER.md)."""
-    return f"{GATEWAY_CLIENT_ID_PREFIX}{address}"
-
-
 def _acl(acltype: str, topic: str) -> dict[str, Any]:
     return {"acltype": acltype, "topic": topic, "priority": 0, "allow": True}
 
 
 def gateway_acls(address: str) -> list[dict[str, Any]]:
     """A gateway's role: its up topic to publish, its down topic to subscribe to and read."""
-    down = f"{DOWN_TOPIC_PREFIX}/{address}"
+    down = down_topic(address)
     return [
-        _acl("publishClientSend", f"{UP_TOPIC_PREFIX}/{address}"),
+        _acl("publishClientSend", up_topic(address)),
         # Literal: the filter must be exactly the down topic, no wildcard reaching wider.
         _acl("subscribeLiteral", down),
         _acl("publishClientReceive", down),

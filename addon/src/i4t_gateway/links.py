@@ -49,6 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 
 UP_TOPIC_PREFIX: Final = "i4t/r/up"
 DOWN_TOPIC_PREFIX: Final = "i4t/r/down"
+GATEWAY_CLIENT_ID_PREFIX: Final = "i4t-gw-"
 UPLINK_HOP: Final = "uplink"
 """The queue's name for the next hop "the regional router", whichever router is configured."""
 DEFAULT_ROUTER_PORT: Final = 8883
@@ -56,6 +57,11 @@ DEFAULT_RATE_PER_SECOND: Final = 10.0
 DEFAULT_BURST: Final = 50.0
 DEFAULT_RATE_SOURCES: Final = 16_384
 DEFAULT_INBOUND_BACKLOG: Final = 1024
+
+
+def gateway_client_id(gateway_id: str) -> str:
+    """The MQTT client id a gateway uses on its router's broker (docs/ROUTER.md)."""
+    return f"{GATEWAY_CLIENT_ID_PREFIX}{gateway_id}"
 
 
 def up_topic(gateway_id: str) -> str:
@@ -249,7 +255,7 @@ class Forwarder:
         )
         self.bus = MqttBus(
             broker,
-            client_id=f"i4t-gw-{self.gateway_id}",
+            client_id=gateway_client_id(self.gateway_id),
             on_connected=self._link_up,
             on_disconnected=self._link_down,
             mqtt5=True,
