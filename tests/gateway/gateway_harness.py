@@ -19,6 +19,7 @@ from i4t_gateway.settings import BrokerAddress, Settings
 from i4t_gateway.wire import open_packet
 
 from .api_schemas import assert_valid
+from .brokers import Mosquitto
 from .mqtt_probe import Probe
 
 _request_ids = itertools.count(1)
@@ -33,6 +34,17 @@ def fast_settings(data_dir: Path, broker_url: str, **overrides: Any) -> Settings
         **overrides,
     }
     return Settings(data_dir=data_dir, broker=BrokerAddress.from_url(broker_url), **values)
+
+
+def uplink_options(router_broker: Mosquitto, router: Identity) -> dict[str, Any]:
+    """Settings that point a gateway's uplink at a TLS router broker and the router's key."""
+    assert router_broker.tls is not None
+    return {
+        "upstream_url": f"mqtts://127.0.0.1:{router_broker.port}",
+        "upstream_token": "token-for-tests",
+        "upstream_router": router.address.text,
+        "upstream_ca_file": router_broker.tls.ca_file,
+    }
 
 
 async def eventually(condition: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -61,7 +61,14 @@ from .forgery import (
     random_blobs,
     resign,
 )
-from .gateway_harness import Harness, NativeThing, eventually, fast_settings, start_harness
+from .gateway_harness import (
+    Harness,
+    NativeThing,
+    eventually,
+    fast_settings,
+    start_harness,
+    uplink_options,
+)
 from .mqtt_probe import Probe
 from .router_standin import RouterStandIn
 
@@ -667,10 +674,7 @@ async def uplinked(
     settings = _settings(
         tmp_path,
         mosquitto,
-        upstream_url=f"mqtts://127.0.0.1:{router_broker.port}",
-        upstream_token="token-for-tests",
-        upstream_router=ROUTER.address.text,
-        upstream_ca_file=router_broker.tls.ca_file,
+        **uplink_options(router_broker, ROUTER),
     )
     gateway = await start_harness(settings, mosquitto.port)
     yield gateway

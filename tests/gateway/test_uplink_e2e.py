@@ -14,7 +14,7 @@ from i4t_gateway.payloads import Command
 from i4t_gateway.wire import open_packet
 
 from .brokers import Mosquitto
-from .gateway_harness import Harness, eventually, fast_settings, start_harness
+from .gateway_harness import Harness, eventually, fast_settings, start_harness, uplink_options
 from .router_standin import RouterStandIn
 
 ROUTER = Identity.from_seed(bytes([21]) * 32)
@@ -41,10 +41,7 @@ async def harness(
         mosquitto.url,
         timeout_floor=30.0,
         timeout_fallback=30.0,
-        upstream_url=f"mqtts://127.0.0.1:{router_broker.port}",
-        upstream_token="token-for-tests",
-        upstream_router=ROUTER.address.text,
-        upstream_ca_file=router_broker.tls.ca_file,
+        **uplink_options(router_broker, ROUTER),
     )
     gateway = await start_harness(settings, mosquitto.port)
     yield gateway
