@@ -89,16 +89,30 @@ class RouterLink:
     port: int = DEFAULT_ROUTER_PORT
     tls: bool = True
     tls_files: TlsFiles | None = None
+    # MQTT 5 (Mosquitto); False speaks 3.1.1, all NATS's MQTT listener knows.
+    mqtt5: bool = True
 
     @classmethod
     def from_url(
-        cls, url: str, *, token: str, router: Address, tls_files: TlsFiles | None = None
+        cls,
+        url: str,
+        *,
+        token: str,
+        router: Address,
+        tls_files: TlsFiles | None = None,
+        mqtt5: bool = True,
     ) -> RouterLink:
         """``mqtts://host[:port]`` (port 8883 by default); ``mqtt://`` only for a router on
         the same host or in a test. Raises settings.SettingsError for a bad URL."""
         broker = BrokerAddress.from_url(url)
         return cls(
-            broker.host, token, router, port=broker.port, tls=broker.tls, tls_files=tls_files
+            broker.host,
+            token,
+            router,
+            port=broker.port,
+            tls=broker.tls,
+            tls_files=tls_files,
+            mqtt5=mqtt5,
         )
 
 
@@ -258,7 +272,7 @@ class Forwarder:
             client_id=gateway_client_id(self.gateway_id),
             on_connected=self._link_up,
             on_disconnected=self._link_down,
-            mqtt5=True,
+            mqtt5=self.link.mqtt5,
             tls_files=self.link.tls_files,
             tcp_nodelay=True,
             max_backoff=self.max_backoff,

@@ -34,6 +34,7 @@ from typing import Any, Final
 from . import __version__
 from .bus import MqttBus, TlsFiles
 from .cose import PacketError, Reason
+from .dynsec import DynsecAdmin
 from .endpoint import Inbound, Receiver, Sender
 from .identity import Address, AddressError, load_or_create_identity
 from .links import UP_TOPIC_PREFIX, Forwarder, RateLimit, RouterLink, down_topic
@@ -50,6 +51,7 @@ from .payloads import (
     Payload,
 )
 from .queue import ForwardError, GroupCommit, Outbox, PacketQueue, PersistentDedup, QueueError
+from .provisioning import ADMIN_CLIENT_PREFIX, BrokerProvisioning, admin_address
 from .registry import NameRefusedError, NameRegistry, RegionTable
 from .settings import Settings
 from .store import get_meta, set_meta
@@ -132,6 +134,7 @@ class RouterServer:
         self.bus.subscribe(UP_FILTER, self._on_up, qos=1)
         self.parent_address: Address | None = None
         self.parent = self._make_parent(settings)
+        self.provisioning = self._make_provisioning(settings)
         self._outboxes: dict[str, Outbox] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
@@ -176,6 +179,14 @@ class RouterServer:
             rate_limit=PARENT_RATE_LIMIT,
         )
 
+    def _make_provisioning(self, settings: Settings) -> BrokerProvisioning | None:
+        """Gateway access on the broker from the token book, when the admin is configured."""
+        login = admin_address(settings)
+        if login is None:
+            return None
+        client_id = ADMIN_CLIENT_PREFIX + self.router_id[:20]
+        return BrokerProvisioning(DynsecAdmin(login, client_id=client_id), self.tokens)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -183,6 +194,9 @@ class RouterServer:
         for hop in self.queue.hops():
             if hop.startswith(DOWN_HOP_PREFIX):
                 self._outbox(hop.removeprefix(DOWN_HOP_PREFIX))
+        if self.provisioning is not None:
+            # Before the router's own session: under the default deny its client must exist.
+            await self.provisioning.start(self.settings.local_broker())
         await self.bus.start()
         if self.parent is not None:
             await self.parent.start()
@@ -205,6 +219,8 @@ class RouterServer:
             await self.parent.stop()
         self.commits.flush()
         self._save_usage()
+        if self.provisioning is not None:
+            await self.provisioning.stop()
         await self.bus.stop()
         self.store.close()
         _LOGGER.info("router stopped")
@@ -576,6 +592,8 @@ class RouterServer:
             if ticks - last_tokens >= TOKEN_RELOAD_SECONDS:
                 self.tokens.reload()  # issued or revoked by the command line meanwhile
                 last_tokens = ticks
+                if self.provisioning is not None:
+                    self._spawn(self.provisioning.sync())  # the broker follows the book
             self.region.expire()
             self._expire_queries(ticks)
             if ticks - last_save >= SAVE_EVERY_SECONDS:
@@ -639,6 +657,9 @@ class RouterServer:
             "packets": dict(self.counters),
             "dropped": dict(sorted(self.dropped.items())),
             "dropped_invalid": {str(r): n for r, n in sorted(self.receiver.dropped.items())},
+            "provisioning": None
+            if self.provisioning is None
+            else dict(sorted(self.provisioning.counters.items())),
             "at": round(now, 3),
         }
 

@@ -18,6 +18,7 @@ DEFAULT_DATA_DIR = Path("i4t-data")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROLES = ("gateway", "router")
 DEFAULT_ANNOUNCE_SECONDS = 300.0
+DEFAULT_LAN_GRACE_SECONDS = 60.0
 
 
 class SettingsError(ValueError):
@@ -83,6 +84,8 @@ class Settings:
     upstream_token: str | None = None
     upstream_router: str | None = None
     upstream_ca_file: Path | None = None
+    # The router's broker speaks MQTT 5 (Mosquitto) unless this says 3.1.1 (NATS's MQTT).
+    upstream_mqtt5: bool = True
     # MQTT devices to adopt at start (the add-on's options); enrolled once, then persisted.
     mqtt_devices: tuple[MqttDeviceDefinition, ...] = ()
     # "gateway" (a hub) or "router" (a regional router: docs/ROUTER.md).
@@ -90,10 +93,24 @@ class Settings:
     # How often the served addresses are announced upstream (also at once when they change);
     # an announce holds for three of these intervals.
     announce_seconds: float = DEFAULT_ANNOUNCE_SECONDS
+    # LAN peers (docs/PROTOCOL.md, "LAN peers"): off unless asked for, since it advertises the
+    # gateway by multicast DNS on every network card. The peer listener's port (0: any free
+    # one, zeroconf tells the peers), and how long a peer may be unreachable before what is
+    # queued for it goes to the router.
+    lan_peers: bool = False
+    lan_port: int = 0
+    lan_grace_seconds: float = DEFAULT_LAN_GRACE_SECONDS
     # Router role: what running the router costs its operator per month, for the cost per
     # thing-month it publishes (docs/ROUTER.md, accounting).
     monthly_cost: float = 0.0
     currency: str = "USD"
+    # Router role: the admin of the broker's dynamic-security plugin; with it the router
+    # provisions each admitted gateway's broker access from its token book (docs/ROUTER.md).
+    dynsec_admin_user: str | None = None
+    dynsec_admin_password: str | None = None
+    # Router role: this process is one worker of a region served by several (docs/ROUTER.md,
+    # scale-out); the data folder is the region's, shared by its workers.
+    worker_id: str | None = None
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -169,6 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("I4T_CURRENCY", "USD"),
         help="router role: the currency of --monthly-cost (env I4T_CURRENCY)",
     )
+    parser.add_argument(
+        "--dynsec-admin",
+        default=env("I4T_DYNSEC_ADMIN_USER"),
+        help="router role: the broker's dynamic-security admin user; its password comes from "
+        "env I4T_DYNSEC_ADMIN_PASSWORD (env I4T_DYNSEC_ADMIN_USER)",
+    )
+    parser.add_argument(
+        "--worker",
+        default=env("I4T_WORKER"),
+        help="router role: this worker's id when several share the region (env I4T_WORKER)",
+    )
+    parser.add_argument(
+        "--upstream-mqtt311",
+        action="store_true",
+        default=env("I4T_UPSTREAM_MQTT311", "") == "1",
+        help="speak MQTT 3.1.1 to the router's broker (NATS), not MQTT 5",
+    )
     _seconds_or_factor(
         parser,
         "--timeout-factor",
@@ -223,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
         "how often the seeds of each group are gossiped to its members",
     )
     parser.add_argument(
+        "--lan-peers",
+        action="store_true",
+        default=env("I4T_LAN_PEERS", "") in ("1", "true", "yes"),
+        help="find other gateways on the LAN with zeroconf and exchange traffic with them "
+        "directly (env I4T_LAN_PEERS=1)",
+    )
+    parser.add_argument(
+        "--lan-port",
+        type=int,
+        default=int(env("I4T_LAN_PORT", "0")),
+        help="TCP port of the LAN peer listener; 0, the default, takes any free port "
+        "(env I4T_LAN_PORT)",
+    )
+    _seconds_or_factor(
+        parser,
+        "--lan-grace-seconds",
+        str(int(DEFAULT_LAN_GRACE_SECONDS)),
+        "how long a LAN peer may be unreachable before its queued packets go to the router",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=env("I4T_LOG_LEVEL", "info"),
@@ -266,6 +320,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         raise SettingsError("a router runs on an existing broker: give --broker")
     if not args.announce_seconds > 0 or not args.monthly_cost >= 0:
         raise SettingsError("--announce-seconds must be positive, --monthly-cost not negative")
+    if not 0 <= args.lan_port < 65536 or not args.lan_grace_seconds > 0:
+        raise SettingsError("--lan-port must be 0-65535, --lan-grace-seconds positive")
     upstream_token = os.environ.get("I4T_UPSTREAM_TOKEN")
     if args.upstream and not (args.upstream_router and upstream_token):
         raise SettingsError(
@@ -273,11 +329,18 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         )
     if args.upstream:
         BrokerAddress.from_url(args.upstream)  # a clear error now rather than at connect
+    dynsec_password = os.environ.get("I4T_DYNSEC_ADMIN_PASSWORD")
+    if args.dynsec_admin and not (dynsec_password and broker and broker.username):
+        raise SettingsError(
+            "--dynsec-admin needs env I4T_DYNSEC_ADMIN_PASSWORD and the router's own user "
+            "and password in --broker"
+        )
     return Settings(
         upstream_url=args.upstream,
         upstream_token=upstream_token,
         upstream_router=args.upstream_router,
         upstream_ca_file=args.upstream_ca,
+        upstream_mqtt5=not args.upstream_mqtt311,
         data_dir=args.data_dir,
         broker=broker,
         embedded_host=args.embedded_host,
@@ -292,6 +355,12 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         gossip_seconds=args.gossip_seconds,
         role=args.role,
         announce_seconds=args.announce_seconds,
+        lan_peers=args.lan_peers,
+        lan_port=args.lan_port,
+        lan_grace_seconds=args.lan_grace_seconds,
         monthly_cost=args.monthly_cost,
         currency=args.currency,
+        dynsec_admin_user=args.dynsec_admin,
+        dynsec_admin_password=dynsec_password if args.dynsec_admin else None,
+        worker_id=args.worker,
     )

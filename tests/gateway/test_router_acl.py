@@ -1,0 +1,72 @@
+"""The router provisions its broker's gateway access from its token book (provisioning.py):
+a real router on a real Mosquitto with the dynamic-security plugin, a gateway's real uplink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from i4t_gateway.identity import Identity
+from i4t_gateway.router import RouterServer
+from i4t_gateway.settings import BrokerAddress, Settings
+from i4t_gateway.tokens import open_token_book, read_token
+
+from .bare_gateway import BareGateway
+from .brokers import Mosquitto
+from .gateway_harness import eventually
+from .router_harness import issue, router_address
+
+ADMIN = ("i4t-admin", "admin-secret")
+ROUTER_LOGIN = ("i4t-router", "router-secret")
+
+
+def provisioning_settings(data_dir: Path, broker: Mosquitto) -> Settings:
+    user, password = ROUTER_LOGIN
+    return Settings(
+        data_dir=data_dir,
+        broker=BrokerAddress.from_url(f"mqtt://{user}:{password}@127.0.0.1:{broker.port}"),
+        role="router",
+        dynsec_admin_user=ADMIN[0],
+        dynsec_admin_password=ADMIN[1],
+    )
+
+
+async def test_the_router_admits_a_new_token_on_the_broker_and_a_revoke_cuts_the_gateway_off(
+    tmp_path: Path,
+) -> None:
+    dynsec_broker = Mosquitto(workdir=tmp_path, dynsec_admin=ADMIN)
+    dynsec_broker.start()
+    router_dir = tmp_path / "router"
+    router = RouterServer(provisioning_settings(router_dir, dynsec_broker), state_every=0.5)
+    await router.start()  # no gateway admitted yet: the broker knows only the router
+    identity = Identity.generate()
+    token = issue(router_dir, identity.address)  # by the command line's code path
+    gateway = BareGateway(
+        tmp_path / "gw", dynsec_broker.port, token, router_address(router_dir), identity=identity
+    )
+    try:
+        # The router's session works under the default deny: the router provisioned itself.
+        await eventually(lambda: router.bus.connected)
+        await gateway.start()
+        # Issued while the router runs: on the broker within a token reload or two.
+        await eventually(lambda: gateway.forwarder.stats().link_up, seconds=10)
+        await eventually(lambda: gateway.queued() == 0)  # the announce was taken and acked
+        assert router.region.gateway_for(gateway.thing.address) == gateway.address.text
+        assert router.provisioning is not None
+        assert router.provisioning.counters["created"] == 1
+
+        book, _ = open_token_book(router_dir)
+        token_id = read_token(gateway.token, book.operator_key).id_text
+        assert book.revoke(token_id)
+        await eventually(lambda: not gateway.forwarder.stats().link_up, seconds=10)
+        assert router.provisioning.counters["revoked"] == 1
+        await gateway.send(router_address(router_dir), 3)
+        for _ in range(20):  # reconnect attempts for 2 s: all refused by the broker
+            await asyncio.sleep(0.1)
+            assert not gateway.forwarder.stats().link_up
+        assert gateway.queued() == 3
+    finally:
+        await gateway.stop()
+        await router.stop()
+        dynsec_broker.stop()
