@@ -20,7 +20,6 @@ from .core import BridgeHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
 from .endpoint import Inbound, Receiver
 from .identity import Address, load_or_create_identity
-from .lan_discovery import LanDiscovery
 from .links import Forwarder, RouterLink
 from .mqtt_devices import (
     DeviceEvent,
@@ -30,8 +29,7 @@ from .mqtt_devices import (
     proxied_address,
 )
 from .payloads import MAX_ANNOUNCED, Announce
-from .peers import PeerConfig, PeerNetwork
-from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup, QueueFullError
+from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup
 from .settings import Settings
 from .store import get_meta, open_store, set_meta
 from .things import Thing, ThingKind
@@ -99,26 +97,14 @@ class GatewayServer:
         self.gatt = GattRequests(self.gateway_id, self._publish_qos1)
         self.bus.subscribe(self.gatt.result_topic, self.gatt.handle_message, qos=1)
         self.commits = GroupCommit(self.store)
-        self.queue = PacketQueue(self.commits)
-        # One receiver for the router's and the LAN peers' packets: the same packet may come
-        # both ways (a peer's queue moved to the router), and must be delivered once.
-        self.link_receiver = Receiver(
-            self.identity,
-            keys=self.core.receiver.keys,
-            guard=self.core.receiver.guard,
-            dedup=PersistentDedup(self.commits),
-        )
         self.forwarder = self._make_forwarder(settings)
-        self.peers = self._make_peers(settings)
-        self.discovery: LanDiscovery | None = None
         self.bridges = _Bridges(
-            self.devices, self.ble, self.gatt, self.forwarder, self._announce_source, self.peers
+            self.devices, self.ble, self.gatt, self.forwarder, self._announce_source
         )
         self.core.devices = self.bridges
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self._announced: frozenset[Address] = frozenset()
         self._last_announce = float("-inf")
 
@@ -140,51 +126,22 @@ class GatewayServer:
             tls_files=tls,
             mqtt5=settings.upstream_mqtt5,
         )
+        receiver = Receiver(
+            self.identity,
+            keys=self.core.receiver.keys,
+            guard=self.core.receiver.guard,
+            dedup=PersistentDedup(self.commits),
+        )
         return Forwarder(
             sender=self.core.sender,  # one sequencer per key, or receivers see replays
-            receiver=self.link_receiver,
+            receiver=receiver,
             link=link,
-            queue=self.queue,
-            deliver=self._deliver_from_link,
+            queue=PacketQueue(self.commits),
+            deliver=self._deliver_from_router,
             serves=self.core.serves,
         )
 
-    def _make_peers(self, settings: Settings) -> PeerNetwork | None:
-        """LAN peering (peers.py), when the settings ask for it."""
-        if not settings.lan_peers:
-            return None
-        return PeerNetwork(
-            sender=self.core.sender,
-            receiver=self.link_receiver,
-            queue=self.queue,
-            deliver=self._deliver_from_link,
-            serves=self.core.serves,
-            served=self.served_addresses,
-            protected=self._protected,
-            reroute=self._reroute_to_router,
-            config=PeerConfig(
-                port=settings.lan_port,
-                grace=settings.lan_grace_seconds,
-                announce_seconds=settings.announce_seconds,
-            ),
-        )
-
-    def _protected(self, address: Address) -> bool:
-        """Addresses no LAN peer may claim: this gateway's own, and its router."""
-        router = self.settings.upstream_router
-        return self.core.serves(address) or (router is not None and address.text == router)
-
-    def _reroute_to_router(self, message_id: bytes, data: bytes) -> bool:
-        """A packet queued for a LAN peer that left goes to the router instead."""
-        if self.forwarder is None:
-            return False
-        try:
-            self.queue.put(self.forwarder.hop, message_id, data)
-        except QueueFullError:
-            return False
-        return True
-
-    async def _deliver_from_link(self, inbound: Inbound) -> None:
+    async def _deliver_from_router(self, inbound: Inbound) -> None:
         self.core.deliver_from_router(inbound)
 
     def _load_core_state(self) -> dict[str, object] | None:
@@ -273,12 +230,6 @@ class GatewayServer:
         await self.bus.start()
         if self.forwarder is not None:
             await self.forwarder.start()
-        if self.peers is not None:
-            port = await self.peers.start()
-            self.discovery = LanDiscovery(
-                self.identity.address, port, on_found=self.peers.found, on_lost=self._peer_lost
-            )
-            await self.discovery.start()
         self._housekeeping = asyncio.create_task(self._keep_house(), name="housekeeping")
         _LOGGER.info("gateway %s started (version %s)", self.identity.address.short(), __version__)
 
@@ -307,8 +258,6 @@ class GatewayServer:
             self.gatt.expire(time.monotonic())
             elapsed = time.monotonic()
             self._announce_if_due(elapsed)
-            if self.peers is not None:
-                await self.peers.tick()
             if self.core.dirty and elapsed - last_save >= SAVE_EVERY_SECONDS:
                 self.save()
                 last_save = elapsed
@@ -318,16 +267,10 @@ class GatewayServer:
                 self.core.publish_gateway_state(now, self._bridge_state())
                 last_state = elapsed
 
-    def _peer_lost(self, gateway: Address) -> None:
-        if self.peers is not None:
-            task = asyncio.get_running_loop().create_task(self.peers.lost(gateway))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
     def served_addresses(self) -> frozenset[Address]:
-        """What the gateway announces to its router and its LAN peers: itself and the things
-        it takes packets for (core.serves), proxied ones (BLE things, adopted MQTT devices)
-        included."""
+        """What the gateway announces upstream: itself and the things it takes packets for from
+        the router (core.serves). Proxied things join once the gateway takes packets for them:
+        announced now, their packets would be refused as unasked and resent for a day."""
         things = (thing.address for thing in self.core.things if self.core.serves(thing.address))
         return frozenset([self.identity.address, *things])
 
@@ -369,7 +312,8 @@ class GatewayServer:
 
     def _bridge_state(self) -> dict[str, object]:
         state: dict[str, object] = {
-            "peers": 0 if self.peers is None else self.peers.peer_count,
+            # LAN peering (other gateways found by zeroconf) is not built yet: no peers.
+            "peers": 0,
             "ble": self.ble.diagnostics(),
             "gatt": {
                 "pending": len(self.gatt),
@@ -378,8 +322,6 @@ class GatewayServer:
             },
             "mqtt_devices": {"adopted": len(self.devices), "dropped": dict(self.devices.dropped())},
         }
-        if self.peers is not None:
-            state["lan"] = self.peers.stats()
         if self.forwarder is not None:
             uplink = self.forwarder.stats()
             state["uplink"] = {
@@ -396,12 +338,6 @@ class GatewayServer:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        if self.discovery is not None:
-            await self.discovery.stop()
-        if self.peers is not None:
-            await self.peers.stop()
-        for task in list(self._background):
-            task.cancel()
         if self.forwarder is not None:
             await self.forwarder.stop()
         self.commits.flush()
@@ -424,14 +360,12 @@ class _Bridges(BridgeHooks):
         gatt: GattRequests,
         uplink: Forwarder | None,
         before_forward: Callable[[Address], None] = lambda source: None,
-        peers: PeerNetwork | None = None,
     ) -> None:
         self._fleet = fleet
         self._ble = ble
         self._gatt = gatt
         self._uplink = uplink
         self._before_forward = before_forward
-        self._peers = peers
         self._gatt_results: Counter[str] = Counter()
 
     @property
@@ -461,14 +395,11 @@ class _Bridges(BridgeHooks):
         return dict(self._gatt_results)
 
     def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
-        """To the LAN peer that announced the destination, else to the regional router."""
+        if self._uplink is None:
+            return "no_uplink"
+        self._before_forward(packet.src)
         try:
-            durable = None if self._peers is None else self._peers.route(packet, data)
-            if durable is None:
-                if self._uplink is None:
-                    return "no_uplink"
-                self._before_forward(packet.src)
-                durable = self._uplink.submit(packet, data)
+            durable = self._uplink.submit(packet, data)
         except ForwardError as err:
             return err.reason
         durable.add_done_callback(lambda done: stored() if done.exception() is None else None)
