@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import sys
 import threading
@@ -18,12 +19,15 @@ import urllib.parse
 import urllib.request
 
 ROOT = Path(__file__).resolve().parent.parent
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BIN = ROOT / ".venv" / "bin"
 DEV_USER = "dev"
 DEV_PASSWORD = "i4t-dev"
 STOP_GRACE_SECONDS = 20
 COLOURS = {
     "gateway": "\033[36m",
+    "router": "\033[34m",
+    "region-broker": "\033[90m",
     "hass": "\033[35m",
     "simulator": "\033[32m",
     "develop": "\033[33m",
@@ -35,6 +39,8 @@ homeassistant:
   name: I4T development
 frontend:
 config:
+# HA's bluetooth stack: the simulated BLE things reach it through a remote scanner over MQTT.
+bluetooth:
 http:
   server_host: 127.0.0.1
   server_port: {port}
@@ -67,6 +73,8 @@ class Options:
     wifi_things: int
     ble_things: int
     group: bool = True
+    router_port: int | None = None
+    """The region's broker port; None: no regional router."""
 
     @property
     def ha_config(self) -> Path:
@@ -75,6 +83,10 @@ class Options:
     @property
     def gateway_data(self) -> Path:
         return self.var / "gateway"
+
+    @property
+    def router_data(self) -> Path:
+        return self.var / "router"
 
     @property
     def ha_url(self) -> str:
@@ -86,6 +98,10 @@ def parse_args() -> Options:
     parser.add_argument("--var", type=Path, default=ROOT / "var", help="state folder (var/)")
     parser.add_argument("--ha-port", type=int, default=8123)
     parser.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port")
+    parser.add_argument(
+        "--router-port", type=int, default=1884, help="the regional router's Mosquitto port"
+    )
+    parser.add_argument("--no-router", action="store_true", help="no regional router")
     parser.add_argument(
         "--bare",
         action="store_true",
@@ -107,6 +123,7 @@ def parse_args() -> Options:
         args.wifi,
         args.ble,
         group=not args.no_group,
+        router_port=None if args.no_router else args.router_port,
     )
 
 
@@ -128,14 +145,16 @@ async def pump(name: str, stream: asyncio.StreamReader) -> None:
         sys.stdout.flush()
 
 
-async def start(name: str, *argv: str) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
+async def start(
+    name: str, *argv: str, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         # Own session: Ctrl-C reaches only this script, which stops the children in order.
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     assert process.stdout is not None
     return process, asyncio.create_task(pump(name, process.stdout))
@@ -416,10 +435,67 @@ class GatewayClient:
         self._client.loop_stop()
 
 
+# -- the region: a Mosquitto of its own and the gateway package in router role ------------
+
+
+def write_region_broker_config(options: Options) -> Path:
+    """Anonymous on loopback: the development region has no other clients."""
+    assert options.router_port is not None
+    options.router_data.mkdir(parents=True, exist_ok=True)
+    config = options.router_data / "mosquitto.conf"
+    config.write_text(
+        f"listener {options.router_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    )
+    return config
+
+
+def uplink_arguments(options: Options) -> tuple[list[str], dict[str, str]]:
+    """The gateway's arguments and environment for its uplink to the development router:
+    the router's operator issues the gateway a token (as `i4t-gateway token issue` does)."""
+    if options.router_port is None:
+        return [], {}
+    # Imported here: the development script runs in .venv, where the gateway package is.
+    from i4t_gateway.identity import load_or_create_identity  # noqa: PLC0415
+    from i4t_gateway.router import KEY_FILE as ROUTER_KEY_FILE  # noqa: PLC0415
+    from i4t_gateway.server import KEY_FILE as GATEWAY_KEY_FILE  # noqa: PLC0415
+    from i4t_gateway.tokens import TokenLimits, open_token_book  # noqa: PLC0415
+
+    router = load_or_create_identity(options.router_data / ROUTER_KEY_FILE).address
+    gateway = load_or_create_identity(options.gateway_data / GATEWAY_KEY_FILE).address
+    book, operator = open_token_book(options.router_data)
+    token = book.issue(operator, gateway, 30, TokenLimits())
+    arguments = ["--upstream", f"mqtt://127.0.0.1:{options.router_port}"]
+    arguments += ["--upstream-router", router.text]
+    return arguments, {"I4T_UPSTREAM_TOKEN": token}
+
+
+Started = tuple[str, asyncio.subprocess.Process, asyncio.Task[None]]
+
+
+async def start_region(options: Options) -> list[Started]:
+    """The region's broker, then its router; listed in the order they are stopped."""
+    if options.router_port is None:
+        return []
+    broker, broker_log = await start(
+        "region-broker", MOSQUITTO, "-c", str(write_region_broker_config(options))
+    )
+    router, router_log = await start(
+        "router",
+        str(BIN / "i4t-gateway"),
+        *("--role", "router", "--name", "Development region"),
+        *("--broker", f"mqtt://127.0.0.1:{options.router_port}"),
+        *("--data-dir", str(options.router_data)),
+    )
+    say(f"regional router on its own Mosquitto at 127.0.0.1:{options.router_port}")
+    return [("router", router, router_log), ("region-broker", broker, broker_log)]
+
+
 async def main() -> int:
     options = parse_args()
     prepare_ha_config(options)
     options.gateway_data.mkdir(parents=True, exist_ok=True)
+    region = await start_region(options)
+    uplink, uplink_env = uplink_arguments(options)
     gateway, gateway_log = await start(
         "gateway",
         str(BIN / "i4t-gateway"),
@@ -428,6 +504,8 @@ async def main() -> int:
         *("--name", "Development gateway"),
         # Short timeouts, so that a silenced thing is dead within a minute, not fifteen.
         *("--timeout-floor", "15", "--timeout-fallback", "60"),
+        *uplink,
+        env=uplink_env,
     )
     manifest = options.var / "simulator.json"
     manifest.unlink(missing_ok=True)
@@ -438,6 +516,9 @@ async def main() -> int:
         *("--sim-id", "dev", "--seed", "i4t-dev", "--interval", "5"),
         *("--wifi", str(options.wifi_things), "--ble", str(options.ble_things)),
         *("--manifest", str(manifest)),
+        # BLE things are heard by a remote scanner that HA's bluetooth stack registers; the BLE
+        # bridge then carries them to the gateway, as with a real ESP32 or Shelly scanner.
+        *("--scanner", "dev"),
     )
     enrolment = asyncio.create_task(asyncio.to_thread(enrol_simulated, options, manifest))
     hass, hass_log = await start(
@@ -457,7 +538,10 @@ async def main() -> int:
         f"Home Assistant: {options.ha_url} (user {DEV_USER!r}, password {DEV_PASSWORD!r}); "
         "Ctrl-C stops everything"
     )
-    ended = [asyncio.create_task(p.wait()) for p in (gateway, hass, simulator)]
+    ended = [
+        asyncio.create_task(p.wait())
+        for p in (gateway, hass, simulator, *(p for _, p, _ in region))
+    ]
     waiter = asyncio.create_task(stop_requested.wait())
     await asyncio.wait([waiter, *ended], return_when=asyncio.FIRST_COMPLETED)
     if not stop_requested.is_set():
@@ -466,6 +550,9 @@ async def main() -> int:
     await stop("simulator", simulator)
     await stop("hass", hass)
     await stop("gateway", gateway)
+    for name, process, log in region:
+        await stop(name, process)
+        await log
     await asyncio.gather(gateway_log, hass_log, simulator_log, return_exceptions=True)
     await enrolment
     if options.auto_setup:

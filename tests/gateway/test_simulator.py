@@ -186,6 +186,32 @@ def test_ble_batches_decode_through_the_endpoint(mosquitto: Mosquitto) -> None:
     assert refused == {}
 
 
+def test_as_a_remote_scanner_it_introduces_itself_and_batches_on_its_topic(
+    mosquitto: Mosquitto,
+) -> None:
+    probe = Probe(mosquitto.port, "i4t/#")
+    try:
+        with running(_config(mosquitto, wifi=0, ble=3, scanner_id="dev")) as sim:
+            macs = {t["mac"] for t in sim.manifest()["things"]}
+            probe.wait_for(lambda: len(_scanner_adverts(probe)) >= 3)
+    finally:
+        probe.close()
+    later = Probe(mosquitto.port, "i4t/scanner/dev/info")  # sees it only if it was retained
+    try:
+        later.wait_for(lambda: bool(later.messages))
+        assert json.loads(later.messages[0][1]) == {"api": 1, "name": "I4T simulator sim"}
+    finally:
+        later.close()
+    # Same batch format as the gateway's BLE endpoint, and nothing goes to the endpoint itself.
+    assert {a["address"] for a in _scanner_adverts(probe)} == macs
+    assert not [t for t, _, _ in list(probe.messages) if t.endswith("/ble/adverts")]
+
+
+def _scanner_adverts(probe: Probe) -> list[dict[str, Any]]:
+    batches = [p for t, p, _ in list(probe.messages) if t == "i4t/scanner/dev/adverts"]
+    return [advert for batch in batches for advert in json.loads(batch)["adverts"]]
+
+
 def test_simulator_finds_the_gateway_from_its_announcement(mosquitto: Mosquitto) -> None:
     probe = Probe(mosquitto.port, "i4t/discovery/+")
     announcement = {"api": 1, "id": GATEWAY.address.text, "role": "gateway"}
@@ -225,7 +251,14 @@ def test_states_are_spread_over_both_kinds() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"wifi": 1001}, {"interval": 0.01}, {"jitter": 1.0}, {"sim_id": "a/b"}, {"states": {9: "x"}}],
+    [
+        {"wifi": 1001},
+        {"interval": 0.01},
+        {"jitter": 1.0},
+        {"sim_id": "a/b"},
+        {"states": {9: "x"}},
+        {"scanner_id": "a/b"},
+    ],
 )
 def test_bad_configurations_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(SimulatorError):

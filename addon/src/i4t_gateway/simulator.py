@@ -4,7 +4,9 @@ N Wi-Fi things, each an I4T-native node with its own Ed25519 identity, publish s
 packets on ``i4t/thing/<address>/up`` and answer HEALTH_REQUEST and COMMAND packets that
 arrive on ``i4t/thing/<address>/down``. M BLE things (BTHome v2 plain, BTHome v2 encrypted and
 I4T beacons, in rotation) produce adverts that are sent in batches to the gateway's BLE
-endpoint on ``i4t/<gateway id>/ble/adverts``, the way the HA integration forwards them.
+endpoint on ``i4t/<gateway id>/ble/adverts``, the way the HA integration forwards them, or,
+with ``--scanner ID``, as a remote BLE scanner on ``i4t/scanner/<ID>/adverts``: then they
+travel the way a real radio's do, through HA's bluetooth stack and the BLE bridge.
 
 Every thing is healthy, broken, silent or flapping (sim_things.py), set at start with
 ``--broken/--silent/--flapping`` counts or ``--state INDEX=STATE``, and at run time by a JSON
@@ -31,6 +33,7 @@ import json
 import logging
 import os
 from pathlib import Path
+import re
 import signal
 import sys
 import time
@@ -53,6 +56,9 @@ MAX_BATCH: Final = min(100, MAX_ADVERTS)
 MAX_WAIT: Final = 0.5
 DOWN_FILTER: Final = f"{api.THING_PREFIX}/+/down"
 DISCOVERY_FILTER: Final = f"{api.DISCOVERY_PREFIX}/+"
+SCANNER_TOPIC_PREFIX: Final = "i4t/scanner"
+"""Remote BLE scanners publish here (docs/API.md); the HA integration feeds them into HA."""
+SCANNER_ID: Final = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 class SimulatorError(ValueError):
@@ -73,6 +79,10 @@ class SimConfig:
     batch_interval: float = 1.0
     discover_timeout: float = 10.0
     duration: float | None = None
+    scanner_id: str | None = None
+    """Publish BLE adverts as this remote scanner (docs/API.md, remote BLE scanners), so they
+    reach the gateway through HA's bluetooth stack and the BLE bridge, as a real radio's would;
+    without it they go straight to the gateway's BLE endpoint."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.wifi <= MAX_THINGS and 0 <= self.ble <= MAX_THINGS):
@@ -87,6 +97,8 @@ class SimConfig:
         for index in self.states:
             if not 0 <= index < self.wifi + self.ble:
                 raise SimulatorError(f"no thing {index}")
+        if self.scanner_id is not None and not SCANNER_ID.match(self.scanner_id):
+            raise SimulatorError("a scanner id is 1-32 letters, digits, '-' or '_'")
 
     @property
     def control_topic(self) -> str:
@@ -95,6 +107,10 @@ class SimConfig:
     @property
     def event_topic(self) -> str:
         return f"{api.TOPIC_ROOT}/sim/{self.sim_id}/event"
+
+
+def scanner_topic(scanner_id: str) -> str:
+    return f"{SCANNER_TOPIC_PREFIX}/{scanner_id}/adverts"
 
 
 def spread_states(
@@ -238,7 +254,9 @@ class Simulator:
         if not self._pending or self.gateway_id is None:
             return
         batch, self._pending = self._pending, []
-        self._publish(adverts_topic(self.gateway_id), encode_batch(batch), "batches")
+        scanner = self.config.scanner_id
+        topic = adverts_topic(self.gateway_id) if scanner is None else scanner_topic(scanner)
+        self._publish(topic, encode_batch(batch), "batches")
         self.stats["adverts"] += len(batch)
 
     def _next_interval(self, thing: SimThing) -> float:
@@ -261,10 +279,19 @@ class Simulator:
                 await self._subscribed()
                 if self.gateway_id is None:
                     self.gateway_id = await self._discover()
+            self._introduce_scanner()
             await self.started()
             await self._send_until_stopped(self._stop)
         finally:
             await self._bus.stop()
+
+    def _introduce_scanner(self) -> None:
+        """Retained, as a real scanner keeps it: HA registers the scanner when it sees it."""
+        scanner = self.config.scanner_id
+        if scanner is not None:
+            info = {"api": api.API_VERSION, "name": f"I4T simulator {self.config.sim_id}"}
+            topic = f"{SCANNER_TOPIC_PREFIX}/{scanner}/info"
+            self._bus.publish(topic, api.encode(info), qos=1, retain=True)
 
     async def started(self) -> None:
         """Called once connected and the gateway is known; the CLI prints the manifest."""
@@ -388,6 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--jitter", type=float, default=0.2, help="fraction of the interval, random +/-")
     add("--batch-interval", type=float, default=1.0, help="seconds between advert batches")
     add("--duration", type=float, help="stop after this many seconds")
+    add("--scanner", help="send BLE adverts as this remote scanner, through HA's bluetooth")
     add("--manifest", type=Path, help="also write the manifest to this file")
     add("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     return parser
@@ -417,6 +445,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, Path
         args.jitter,
         args.batch_interval,
         duration=args.duration,
+        scanner_id=args.scanner,
     )
     return config, args.manifest
 
