@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from typing import IO
 
 import pytest
@@ -401,6 +402,26 @@ async def test_downstream_only_what_the_gateway_serves_delivered_once_and_acked(
     await eventually(lambda: len(standin.acked_by_gateway) == 4)
     assert restarted.delivered == []
     assert restarted.forwarder.stats().duplicates == 1
+
+
+async def test_an_authentic_packet_the_replay_window_refuses_is_acked_not_delivered(
+    gateways: GatewayFactory, standin: RouterStandIn
+) -> None:
+    gateway = await gateways.start()
+    await until_subscribed(gateway.forwarder, standin)
+    # Held back by the router for longer than the gateway's replay window accepts.
+    week_ago = Sender(ROUTER, clock=lambda: int((time.time() - 7 * 86400) * 1000))
+    stale = week_ago.packet(GATEWAY.address, Command("late"))
+    standin.send_down(GATEWAY.address, week_ago.seal(stale))
+    # A forged copy is not authentic: dropped, and no ack tells anyone about it.
+    forged = bytearray(week_ago.seal(week_ago.packet(GATEWAY.address, Command("forged"))))
+    forged[-1] ^= 1
+    standin.send_down(GATEWAY.address, bytes(forged))
+    await eventually(lambda: standin.acked_by_gateway == [stale.message_id])
+    await eventually(lambda: gateway.forwarder.stats().dropped.get("bad_signature") == 1)
+    assert gateway.forwarder.stats().dropped.get("stale") == 1
+    assert gateway.delivered == []
+    assert standin.acked_by_gateway == [stale.message_id]
 
 
 async def test_downstream_refusals_and_a_failing_store(

@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
+import contextlib
 from dataclasses import dataclass, field
 import logging
 import time
 from typing import Final
 
 from .bus import BACKOFF_MAX_SECONDS, MqttBus, TlsFiles
-from .cose import PacketError
+from .cose import PacketError, Reason
 from .endpoint import Inbound, Receiver, Sender
 from .identity import Address
 from .payloads import MAX_ACKS, Ack, PacketType
@@ -43,7 +44,7 @@ from .queue import (
     RetryPolicy,
 )
 from .settings import BrokerAddress
-from .wire import Packet
+from .wire import Packet, peek
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ DEFAULT_RATE_PER_SECOND: Final = 10.0
 DEFAULT_BURST: Final = 50.0
 DEFAULT_RATE_SOURCES: Final = 16_384
 DEFAULT_INBOUND_BACKLOG: Final = 1024
+NEVER_ACCEPTED: Final = frozenset({Reason.REPLAYED, Reason.STALE})
+"""Refusals of an authentic packet (raised after its signature checked out) that no
+retransmission can change; a FUTURE timestamp may become acceptable, so it is not acked."""
 
 
 def gateway_client_id(gateway_id: str) -> str:
@@ -251,7 +255,8 @@ class Forwarder:
     bus: MqttBus = field(init=False)
     outbox: Outbox = field(init=False)
     _limiter: SourceRateLimiter = field(init=False)
-    _inbound: asyncio.Queue[Inbound] = field(init=False)
+    _inbound: asyncio.Queue[Inbound | bytes] = field(init=False)
+    """Packets to deliver, and the message ids of refused ones that are only to be acked."""
     _pending_acks: list[bytes] = field(default_factory=list, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
 
@@ -351,6 +356,8 @@ class Forwarder:
             inbound = self.receiver.receive(payload)
         except PacketError as err:
             self.dropped[err.reason] += 1
+            if err.reason in NEVER_ACCEPTED:
+                self._ack_refused(payload)
             return
         if inbound.packet.type is PacketType.ACK:
             self._on_ack(inbound)
@@ -361,6 +368,13 @@ class Forwarder:
                 self._inbound.put_nowait(inbound)
             except asyncio.QueueFull:
                 self.dropped["inbound_backlog"] += 1  # not acked: the router sends it again
+
+    def _ack_refused(self, payload: bytes) -> None:
+        """Ack an authentic packet that the replay window refuses: it will never be accepted,
+        and unacked the router would send it again until it expires (a day)."""
+        # When the backlog is full the router sends it again, and it is acked then.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbound.put_nowait(peek(payload).message_id)
 
     def _wanted(self, packet: Packet) -> bool:
         return packet.dst == self.sender.me.address or self.serves(packet.dst)
@@ -384,7 +398,10 @@ class Forwarder:
     async def _handle_inbound(self) -> None:
         while True:
             inbound = await self._inbound.get()
-            await self._handle_one(inbound)
+            if isinstance(inbound, bytes):
+                self._pending_acks.append(inbound)  # a refused packet's message id
+            else:
+                await self._handle_one(inbound)
             if self._inbound.empty() or len(self._pending_acks) >= MAX_ACKS:
                 await self._send_acks()
 
