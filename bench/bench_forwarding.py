@@ -21,13 +21,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
-from gateway_rig import Client, GatewayProcess, Mosquitto, Things, brokers, seed_gateway
+from gateway_rig import (
+    Client,
+    GatewayProcess,
+    Mosquitto,
+    Things,
+    brokers,
+    end_helper,
+    helper_process,
+    seed_gateway,
+)
 
 from i4t_gateway.identity import Identity
 
@@ -73,15 +80,9 @@ class StandIn:
 
     def __init__(self, upstream: Mosquitto) -> None:
         assert upstream.tls is not None
-        script = Path(__file__).with_name("standin_proc.py")
-        self.process = subprocess.Popen(
-            [sys.executable, str(script), str(upstream.port), str(upstream.tls.ca_file),
-             ROUTER_SEED.hex()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "ready":
-            raise RuntimeError("the router stand-in did not start")
+        self.process = helper_process(
+            "standin_proc.py", upstream.port, upstream.tls.ca_file, ROUTER_SEED.hex()
+        )
         self.delivered = 0
         self._changed = threading.Condition()
         threading.Thread(target=self._follow, daemon=True).start()
@@ -99,9 +100,7 @@ class StandIn:
                 raise TimeoutError(f"forwarded {self.delivered} of {count}")
 
     def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(10)
+        end_helper(self.process)
 
 
 def forward_rate(publisher: Client, standin: StandIn, packets: list[tuple[str, bytes]]) -> float:

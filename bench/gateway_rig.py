@@ -77,6 +77,32 @@ def seed_gateway(data_dir: Path, public_keys: Iterable[bytes]) -> Identity:
     return identity
 
 
+def helper_process(script: str, *args: object) -> subprocess.Popen[str]:
+    """One of bench/*_proc.py, started and ready (it printed "ready"); it exits when its
+    stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name(script)), *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError(f"{script} did not start")
+    return process
+
+
+def end_helper(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
     cpu = "unknown"
