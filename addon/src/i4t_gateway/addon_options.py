@@ -55,6 +55,7 @@ class AddonOptions:
     log_level: str = "info"
     upstream: UpstreamOptions | None = None
     mqtt_devices: tuple[MqttDeviceDefinition, ...] = ()
+    lan_peers: bool = True
 
 
 def options_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -90,8 +91,12 @@ def parse_options(raw: Mapping[str, Any]) -> AddonOptions:
     log_level = raw.get("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise SettingsError(f"option log_level must be one of {', '.join(LOG_LEVELS)}")
+    lan_peers = raw.get("lan_peers", True)
+    if not isinstance(lan_peers, bool):
+        raise SettingsError("option lan_peers must be true or false")
     return AddonOptions(
         name=name.strip(),
+        lan_peers=lan_peers,
         log_level=str(log_level),
         upstream=_upstream(raw),
         mqtt_devices=_mqtt_devices(raw.get("mqtt_devices", [])),
@@ -173,6 +178,7 @@ def settings_from_addon(
         name=options.name,
         log_level=options.log_level,
         mqtt_devices=tuple(options.mqtt_devices),
+        lan_peers=options.lan_peers,
         **_upstream_settings(options),
     )
 

@@ -887,8 +887,9 @@ class GatewayCore:
         return {"message_id": packet.message_id.hex()}
 
     def deliver_from_router(self, inbound: Inbound) -> None:
-        """A packet the router sent down for one of this gateway's native things, or for the
-        gateway itself (an answer to its name query)."""
+        """A packet from the router or a LAN peer for one of this gateway's things (a native
+        one gets it on its down topic, an I4T beacon by a GATT write), or for the gateway
+        itself (an answer to its name query)."""
         if inbound.packet.dst == self.identity.address:
             if isinstance(inbound.packet.payload, NameAnswer):
                 self._on_name_answer(inbound.packet.payload, time.time())
@@ -896,7 +897,7 @@ class GatewayCore:
                 self.counters.dropped["unsupported_type"] += 1
             return
         target = self.things.get(inbound.packet.dst)
-        if target is None or target.kind is not ThingKind.NATIVE:
+        if target is None:
             self.counters.dropped["unasked"] += 1
             return
         try:
@@ -904,15 +905,24 @@ class GatewayCore:
         except PacketError:
             self.counters.dropped["hop_limit"] += 1
             return
-        self._publish(api.thing_down(target.address.text), data, False)
+        if target.kind is ThingKind.NATIVE:
+            self._publish(api.thing_down(target.address.text), data, False)
+        elif target.kind is ThingKind.BEACON:
+            if (refused := self.devices.gatt_write(target, data)) is not None:
+                self.counters.dropped[refused] += 1
+                return
+        else:
+            # BTHome sensors and MQTT devices take no packets: refused for good (acked), so
+            # that the sender's hop stops retrying.
+            self.counters.dropped["takes_no_packets"] += 1
+            return
         self.counters.delivered_down += 1
 
     def serves(self, address: Address) -> bool:
-        """Whether packets for ``address`` belong here: the gateway and its native things."""
-        thing = self.things.get(address)
-        return address == self.identity.address or (
-            thing is not None and thing.kind is ThingKind.NATIVE
-        )
+        """Whether packets for ``address`` belong here: the gateway and every enrolled thing,
+        native or proxied (a BLE thing, an adopted MQTT device: the gateway signs for them, so
+        answers to them come here)."""
+        return address == self.identity.address or self.things.get(address) is not None
 
 
 def _members(group: Group) -> list[Member]:

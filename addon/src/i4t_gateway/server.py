@@ -20,6 +20,7 @@ from .core import BridgeHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
 from .endpoint import Inbound, Receiver
 from .identity import Address, load_or_create_identity
+from .lan_discovery import LanDiscovery
 from .links import Forwarder, RouterLink
 from .mqtt_devices import (
     DeviceEvent,
@@ -28,8 +29,8 @@ from .mqtt_devices import (
     MqttDeviceDefinition,
     proxied_address,
 )
-from .payloads import MAX_ANNOUNCED, Announce
-from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup
+from .peers import ANNOUNCE_LIFETIMES, PeerConfig, PeerNetwork, announce_packets
+from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup, QueueFullError
 from .settings import Settings
 from .store import get_meta, open_store, set_meta
 from .things import Thing, ThingKind
@@ -46,8 +47,9 @@ CORE_STATE_KEY = "core_state"
 BLE_COUNTERS_KEY = "ble_counters"
 HOUSEKEEPING_SECONDS = 1.0
 SAVE_EVERY_SECONDS = 5.0
+# What a request changed is saved at once, in a burst of requests at most this often.
+REQUEST_SAVE_SECONDS = 1.0
 STATE_EVERY_SECONDS = 10.0
-ANNOUNCE_LIFETIMES = 3  # an announce holds three intervals: one lost announce changes nothing
 
 
 class GatewayServer:
@@ -97,14 +99,33 @@ class GatewayServer:
         self.gatt = GattRequests(self.gateway_id, self._publish_qos1)
         self.bus.subscribe(self.gatt.result_topic, self.gatt.handle_message, qos=1)
         self.commits = GroupCommit(self.store)
+        self.queue = PacketQueue(self.commits)
+        # One receiver for the router's and the LAN peers' packets: the same packet may come
+        # both ways (a peer's queue moved to the router), and must be delivered once.
+        self.link_receiver = Receiver(
+            self.identity,
+            keys=self.core.receiver.keys,
+            guard=self.core.receiver.guard,
+            dedup=PersistentDedup(self.commits),
+        )
         self.forwarder = self._make_forwarder(settings)
+        self.peers = self._make_peers(settings)
+        self.discovery: LanDiscovery | None = None
         self.bridges = _Bridges(
-            self.devices, self.ble, self.gatt, self.forwarder, self._announce_source
+            self.devices,
+            self.ble,
+            self.gatt,
+            self.forwarder,
+            self._announce_source,
+            peers=self.peers,
         )
         self.core.devices = self.bridges
         self.bus.subscribe(api.THING_UP_FILTER, self._on_thing_packet, qos=1)
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
+        self._last_save = float("-inf")
+        self._request_unsaved = False
+        self._background: set[asyncio.Task[None]] = set()
         self._announced: frozenset[Address] = frozenset()
         self._last_announce = float("-inf")
 
@@ -126,22 +147,51 @@ class GatewayServer:
             tls_files=tls,
             mqtt5=settings.upstream_mqtt5,
         )
-        receiver = Receiver(
-            self.identity,
-            keys=self.core.receiver.keys,
-            guard=self.core.receiver.guard,
-            dedup=PersistentDedup(self.commits),
-        )
         return Forwarder(
             sender=self.core.sender,  # one sequencer per key, or receivers see replays
-            receiver=receiver,
+            receiver=self.link_receiver,
             link=link,
-            queue=PacketQueue(self.commits),
-            deliver=self._deliver_from_router,
+            queue=self.queue,
+            deliver=self._deliver_from_link,
             serves=self.core.serves,
         )
 
-    async def _deliver_from_router(self, inbound: Inbound) -> None:
+    def _make_peers(self, settings: Settings) -> PeerNetwork | None:
+        """LAN peering (peers.py), when the settings ask for it."""
+        if not settings.lan_peers:
+            return None
+        return PeerNetwork(
+            sender=self.core.sender,
+            receiver=self.link_receiver,
+            queue=self.queue,
+            deliver=self._deliver_from_link,
+            serves=self.core.serves,
+            served=self.served_addresses,
+            protected=self._protected,
+            reroute=self._reroute_to_router,
+            config=PeerConfig(
+                port=settings.lan_port,
+                grace=settings.lan_grace_seconds,
+                announce_seconds=settings.announce_seconds,
+            ),
+        )
+
+    def _protected(self, address: Address) -> bool:
+        """Addresses no LAN peer may claim: this gateway's own, and its router."""
+        router = self.settings.upstream_router
+        return self.core.serves(address) or (router is not None and address.text == router)
+
+    def _reroute_to_router(self, message_id: bytes, data: bytes) -> bool:
+        """A packet queued for a LAN peer that left goes to the router instead."""
+        if self.forwarder is None:
+            return False
+        try:
+            self.queue.put(self.forwarder.hop, message_id, data)
+        except QueueFullError:
+            return False
+        return True
+
+    async def _deliver_from_link(self, inbound: Inbound) -> None:
         self.core.deliver_from_router(inbound)
 
     def _load_core_state(self) -> dict[str, object] | None:
@@ -156,6 +206,16 @@ class GatewayServer:
         """Write groups, things, learned intervals and BLE replay counters to the database."""
         set_meta(self.store, CORE_STATE_KEY, json.dumps(self.core.export()))
         set_meta(self.store, BLE_COUNTERS_KEY, json.dumps(dict(self.ble.counters)))
+        self._last_save = time.monotonic()
+        self._request_unsaved = False
+
+    def _save_request_changes(self) -> None:
+        """Save what a request changed (an enrolment, a group) before its reply leaves (the
+        bus writes it after this callback), so that a confirmed change survives a kill -9 (the
+        fault run lost enrolments confirmed less than 5 s before). In a burst of requests at
+        most every REQUEST_SAVE_SECONDS: housekeeping saves the rest within that."""
+        if self._request_unsaved and time.monotonic() - self._last_save >= REQUEST_SAVE_SECONDS:
+            self.save()
 
     def _on_ble_update(self, update: BleUpdate) -> None:
         thing = self.core.things.by_mac(update.mac)
@@ -220,6 +280,8 @@ class GatewayServer:
     def _on_request(self, topic: str, payload: bytes, retained: bool) -> None:
         if not retained:
             self.core.handle_request(topic, payload, time.time())
+            self._request_unsaved = self._request_unsaved or self.core.dirty
+            self._save_request_changes()
 
     async def start(self) -> None:
         """Start the embedded broker (if any) and the bus; does not wait for the broker."""
@@ -230,6 +292,12 @@ class GatewayServer:
         await self.bus.start()
         if self.forwarder is not None:
             await self.forwarder.start()
+        if self.peers is not None:
+            port = await self.peers.start()
+            self.discovery = LanDiscovery(
+                self.identity.address, port, on_found=self.peers.found, on_lost=self._peer_lost
+            )
+            await self.discovery.start()
         self._housekeeping = asyncio.create_task(self._keep_house(), name="housekeeping")
         _LOGGER.info("gateway %s started (version %s)", self.identity.address.short(), __version__)
 
@@ -248,7 +316,7 @@ class GatewayServer:
 
     async def _keep_house(self) -> None:
         """Declare silent nodes DEAD on time, save what changed, refresh the gateway's state."""
-        last_save = last_state = time.monotonic()
+        last_state = time.monotonic()
         while True:
             now = time.time()
             delay = self.core.next_deadline() - now
@@ -258,19 +326,27 @@ class GatewayServer:
             self.gatt.expire(time.monotonic())
             elapsed = time.monotonic()
             self._announce_if_due(elapsed)
-            if self.core.dirty and elapsed - last_save >= SAVE_EVERY_SECONDS:
+            if self.peers is not None:
+                await self.peers.tick()
+            self._save_request_changes()
+            if self.core.dirty and elapsed - self._last_save >= SAVE_EVERY_SECONDS:
                 self.save()
-                last_save = elapsed
             if elapsed - last_state >= STATE_EVERY_SECONDS:
                 if self.core.candidates_changed:
                     self.core.publish_candidates()
                 self.core.publish_gateway_state(now, self._bridge_state())
                 last_state = elapsed
 
+    def _peer_lost(self, gateway: Address) -> None:
+        if self.peers is not None:
+            task = asyncio.get_running_loop().create_task(self.peers.lost(gateway))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     def served_addresses(self) -> frozenset[Address]:
-        """What the gateway announces upstream: itself and the things it takes packets for from
-        the router (core.serves). Proxied things join once the gateway takes packets for them:
-        announced now, their packets would be refused as unasked and resent for a day."""
+        """What the gateway announces to its router and its LAN peers: itself and the things
+        it takes packets for (core.serves), proxied ones (BLE things, adopted MQTT devices)
+        included."""
         things = (thing.address for thing in self.core.things if self.core.serves(thing.address))
         return frozenset([self.identity.address, *things])
 
@@ -299,11 +375,7 @@ class GatewayServer:
         assert self.settings.upstream_router is not None
         router = Address.from_text(self.settings.upstream_router)
         lifetime = ANNOUNCE_LIFETIMES * self.settings.announce_seconds
-        expires_ms = int((time.time() + lifetime) * 1000)
-        ordered = sorted(served, key=lambda address: address.bytes)
-        for start in range(0, len(ordered), MAX_ANNOUNCED):
-            chunk = tuple(ordered[start : start + MAX_ANNOUNCED])
-            packet = self.core.sender.packet(router, Announce(chunk, expires_ms))
+        for packet in announce_packets(self.core.sender, router, served, lifetime):
             try:
                 self.forwarder.submit(packet, self.core.sender.seal(packet))
             except ForwardError as err:
@@ -312,8 +384,7 @@ class GatewayServer:
 
     def _bridge_state(self) -> dict[str, object]:
         state: dict[str, object] = {
-            # LAN peering (other gateways found by zeroconf) is not built yet: no peers.
-            "peers": 0,
+            "peers": 0 if self.peers is None else self.peers.peer_count,
             "ble": self.ble.diagnostics(),
             "gatt": {
                 "pending": len(self.gatt),
@@ -322,6 +393,8 @@ class GatewayServer:
             },
             "mqtt_devices": {"adopted": len(self.devices), "dropped": dict(self.devices.dropped())},
         }
+        if self.peers is not None:
+            state["lan"] = self.peers.stats()
         if self.forwarder is not None:
             uplink = self.forwarder.stats()
             state["uplink"] = {
@@ -338,6 +411,12 @@ class GatewayServer:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self.peers is not None:
+            await self.peers.stop()
+        for task in list(self._background):
+            task.cancel()
         if self.forwarder is not None:
             await self.forwarder.stop()
         self.commits.flush()
@@ -360,12 +439,15 @@ class _Bridges(BridgeHooks):
         gatt: GattRequests,
         uplink: Forwarder | None,
         before_forward: Callable[[Address], None] = lambda source: None,
+        *,
+        peers: PeerNetwork | None = None,
     ) -> None:
         self._fleet = fleet
         self._ble = ble
         self._gatt = gatt
         self._uplink = uplink
         self._before_forward = before_forward
+        self._peers = peers
         self._gatt_results: Counter[str] = Counter()
 
     @property
@@ -395,11 +477,14 @@ class _Bridges(BridgeHooks):
         return dict(self._gatt_results)
 
     def forward_up(self, packet: Packet, data: bytes, stored: Callable[[], None]) -> str | None:
-        if self._uplink is None:
-            return "no_uplink"
-        self._before_forward(packet.src)
+        """To the LAN peer that announced the destination, else to the regional router."""
         try:
-            durable = self._uplink.submit(packet, data)
+            durable = None if self._peers is None else self._peers.route(packet, data)
+            if durable is None:
+                if self._uplink is None:
+                    return "no_uplink"
+                self._before_forward(packet.src)
+                durable = self._uplink.submit(packet, data)
         except ForwardError as err:
             return err.reason
         durable.add_done_callback(lambda done: stored() if done.exception() is None else None)

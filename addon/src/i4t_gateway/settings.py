@@ -18,6 +18,7 @@ DEFAULT_DATA_DIR = Path("i4t-data")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROLES = ("gateway", "router")
 DEFAULT_ANNOUNCE_SECONDS = 300.0
+DEFAULT_LAN_GRACE_SECONDS = 60.0
 
 
 class SettingsError(ValueError):
@@ -92,6 +93,13 @@ class Settings:
     # How often the served addresses are announced upstream (also at once when they change);
     # an announce holds for three of these intervals.
     announce_seconds: float = DEFAULT_ANNOUNCE_SECONDS
+    # LAN peers (docs/PROTOCOL.md §16): off unless asked for, since it advertises the
+    # gateway by multicast DNS on every network card. The peer listener's port (0: any free
+    # one, zeroconf tells the peers), and how long a peer may be unreachable before what is
+    # queued for it goes to the router.
+    lan_peers: bool = False
+    lan_port: int = 0
+    lan_grace_seconds: float = DEFAULT_LAN_GRACE_SECONDS
     # Router role: what running the router costs its operator per month, for the cost per
     # thing-month it publishes (docs/ROUTER.md, accounting).
     monthly_cost: float = 0.0
@@ -249,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
         "how often the seeds of each group are gossiped to its members",
     )
     parser.add_argument(
+        "--lan-peers",
+        action="store_true",
+        default=env("I4T_LAN_PEERS", "") in ("1", "true", "yes"),
+        help="find other gateways on the LAN with zeroconf and exchange traffic with them "
+        "directly (env I4T_LAN_PEERS=1)",
+    )
+    parser.add_argument(
+        "--lan-port",
+        type=int,
+        default=int(env("I4T_LAN_PORT", "0")),
+        help="TCP port of the LAN peer listener; 0, the default, takes any free port "
+        "(env I4T_LAN_PORT)",
+    )
+    _seconds_or_factor(
+        parser,
+        "--lan-grace-seconds",
+        str(int(DEFAULT_LAN_GRACE_SECONDS)),
+        "how long a LAN peer may be unreachable before its queued packets go to the router",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=env("I4T_LOG_LEVEL", "info"),
@@ -269,6 +297,11 @@ def _seconds_or_factor(
         default=os.environ.get(name, default),
         help=f"{description} (env {name}, default {default})",
     )
+
+
+def _check_lan(args: argparse.Namespace) -> None:
+    if not 0 <= args.lan_port < 65536 or not args.lan_grace_seconds > 0:
+        raise SettingsError("--lan-port must be 0-65535, --lan-grace-seconds positive")
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
@@ -292,6 +325,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         raise SettingsError("a router runs on an existing broker: give --broker")
     if not args.announce_seconds > 0 or not args.monthly_cost >= 0:
         raise SettingsError("--announce-seconds must be positive, --monthly-cost not negative")
+    _check_lan(args)
     upstream_token = os.environ.get("I4T_UPSTREAM_TOKEN")
     if args.upstream and not (args.upstream_router and upstream_token):
         raise SettingsError(
@@ -325,6 +359,9 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         gossip_seconds=args.gossip_seconds,
         role=args.role,
         announce_seconds=args.announce_seconds,
+        lan_peers=args.lan_peers,
+        lan_port=args.lan_port,
+        lan_grace_seconds=args.lan_grace_seconds,
         monthly_cost=args.monthly_cost,
         currency=args.currency,
         dynsec_admin_user=args.dynsec_admin,
