@@ -23,7 +23,7 @@ from i4t_gateway.endpoint import Sender
 from i4t_gateway.identity import Address, Identity
 from i4t_gateway.links import UPLINK_HOP
 from i4t_gateway.payloads import Ack, Announce, Command, PacketType
-from i4t_gateway.peers import frame, peer_hop
+from i4t_gateway.peers import FRAME_HEADER, MAX_FRAME, frame, peer_hop
 from i4t_gateway.server import GatewayServer
 from i4t_gateway.things import ThingKind
 from i4t_gateway.wire import open_packet
@@ -286,6 +286,14 @@ async def test_inside_forged_announces_and_packets_are_dropped_and_counted(
     assert sum(invalid.values()) == 2, peers.dropped  # the two forgeries, by reason
     assert peers.table.gateway_for(thing_b.address) == b.gateway.text  # still B's
     assert peers.table.gateway_for(thing_a.address) is None
+    writer.close()
+
+    # A stream that is not in the framing (a frame past the packet limit) is cut off.
+    reader, writer = await asyncio.open_connection("127.0.0.1", peers.port)
+    writer.write(FRAME_HEADER.pack(MAX_FRAME + 1) + bytes(64))
+    await writer.drain()
+    async with asyncio.timeout(10):
+        assert await reader.read() == b""  # closed by A
     writer.close()
 
     # And A still delivers to B's thing through B.

@@ -18,12 +18,14 @@ import socket
 from typing import Final
 
 import ifaddr
-from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import Error as ZeroconfError, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .identity import Address, AddressError
 
 _LOGGER = logging.getLogger(__name__)
+
+__all__ = ["LanDiscovery", "PeerEndpoint", "ZeroconfError"]
 
 SERVICE_TYPE: Final = "_i4t-gw._tcp.local."
 PEER_API_VERSION: Final = "1"

@@ -20,7 +20,7 @@ from .core import BridgeHooks, GatewayCore
 from .embedded_broker import EmbeddedBroker
 from .endpoint import Inbound, Receiver
 from .identity import Address, load_or_create_identity
-from .lan_discovery import LanDiscovery
+from .lan_discovery import LanDiscovery, ZeroconfError
 from .links import Forwarder, RouterLink
 from .mqtt_devices import (
     DeviceEvent,
@@ -294,10 +294,7 @@ class GatewayServer:
             await self.forwarder.start()
         if self.peers is not None:
             port = await self.peers.start()
-            self.discovery = LanDiscovery(
-                self.identity.address, port, on_found=self.peers.found, on_lost=self._peer_lost
-            )
-            await self.discovery.start()
+            await self._start_discovery(port)
         self._housekeeping = asyncio.create_task(self._keep_house(), name="housekeeping")
         _LOGGER.info("gateway %s started (version %s)", self.identity.address.short(), __version__)
 
@@ -336,6 +333,20 @@ class GatewayServer:
                     self.core.publish_candidates()
                 self.core.publish_gateway_state(now, self._bridge_state())
                 last_state = elapsed
+
+    async def _start_discovery(self, port: int) -> None:
+        """Advertise and browse by zeroconf; without multicast the gateway runs on, unpeered."""
+        assert self.peers is not None
+        discovery = LanDiscovery(
+            self.identity.address, port, on_found=self.peers.found, on_lost=self._peer_lost
+        )
+        try:
+            await discovery.start()
+        except (OSError, ZeroconfError) as err:
+            _LOGGER.warning("LAN peers not searched for: zeroconf cannot start (%s)", err)
+            await discovery.stop()
+            return
+        self.discovery = discovery
 
     def _peer_lost(self, gateway: Address) -> None:
         if self.peers is not None:
