@@ -169,6 +169,8 @@ async def main() -> None:
     print(f"  integration total in the loop     {total:6.2f} us/advert   (goal < 20 us)")
     print(f"  anchor: dict + append + json.dumps {anchor:5.2f} us/advert")
     print(f"  ratio total / anchor              {total / anchor:6.2f}")
+    verdict = "met" if total < 20 else "NOT met"
+    print(f"goal | HA event loop time per BLE advert | {total:.1f} us | < 20 us | {verdict}")
 
 
 if __name__ == "__main__":

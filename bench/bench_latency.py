@@ -268,9 +268,10 @@ def main() -> None:
     _, p99, _ = summary(results[0].ours)
     verdict = "met" if p99 < GOAL_P99_MS and not results[0].lost[1] else "NOT met"
     print(
-        f"goal p99 < {GOAL_P99_MS} ms at {RATES[0]:,.0f}/s: {verdict};"
-        f" total {time.perf_counter() - started:.1f} s"
+        f"goal | p99 latency at {RATES[0]:,.0f} packets/s (lost {results[0].lost[1]}) |"
+        f" {p99:.1f} ms | < {GOAL_P99_MS} ms | {verdict}"
     )
+    print(f"total {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

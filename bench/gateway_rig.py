@@ -37,6 +37,13 @@ from i4t_gateway.server import CORE_STATE_KEY, DATABASE_FILE, KEY_FILE  # noqa: 
 from i4t_gateway.store import open_store, set_meta  # noqa: E402
 from tests.gateway.brokers import Mosquitto, make_tls_certs  # noqa: E402
 
+# The gateways and routers started here take only the options given to them: an I4T_* variable
+# of the shell (I4T_LAN_PEERS would advertise by multicast on the real network card) must not
+# change the set-up. I4T_BENCH_* are the benches' own.
+for _name in [name for name in os.environ if name.startswith("I4T_")]:
+    if not _name.startswith("I4T_BENCH_"):
+        del os.environ[_name]
+
 STARTUP_SECONDS = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

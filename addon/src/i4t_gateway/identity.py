@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import enum
 import hashlib
 import os
@@ -80,6 +80,9 @@ class Address:
     """An I4T address: immutable, hashable, ordered by its bytes."""
 
     raw: bytes
+    # The text form, made on first use: state exports and topics ask for it again and again
+    # (base32 of 100k addresses took most of a 100k-thing gateway's periodic save).
+    _text: str = field(default="", init=False, repr=False, compare=False)
     BROADCAST: ClassVar[Address]
 
     def __post_init__(self) -> None:
@@ -135,7 +138,9 @@ class Address:
 
     @property
     def text(self) -> str:
-        return ADDRESS_TEXT_PREFIX + _b32_encode(self.raw)
+        if not self._text:
+            object.__setattr__(self, "_text", ADDRESS_TEXT_PREFIX + _b32_encode(self.raw))
+        return self._text
 
     @property
     def bytes(self) -> builtins.bytes:
