@@ -28,7 +28,7 @@ from i4t_gateway.server import GatewayServer
 from i4t_gateway.things import ThingKind
 from i4t_gateway.wire import open_packet
 
-from .brokers import Mosquitto, make_tls_certs
+from .brokers import Mosquitto, free_port, make_tls_certs
 from .gateway_harness import (
     Harness,
     NativeThing,
@@ -116,6 +116,7 @@ async def _gateway(
         timeout_floor=30.0,
         timeout_fallback=30.0,
         lan_peers=True,
+        lan_port=free_port(),  # fixed, so that a listener restarted in a test is found again
         lan_grace_seconds=GRACE_SECONDS,
         **uplink_options(router_broker, ROUTER),
     )
@@ -243,6 +244,17 @@ async def test_inside_queued_region_traffic_flows_once_when_the_router_returns(
         assert delivered.count(for_b) == 1
     finally:
         standin.close()
+
+    # B answers on the LAN again: A links to it and routes to it directly once more.
+    await b_peers.start()
+    await eventually(lambda: peers.peer_count == 1, seconds=20)
+    forwarder = a.server.forwarder
+    assert forwarder is not None
+    up_before, lan_before = forwarder.stats().forwarded, peers.counters["forwarded"]
+    again = thing_a.send(thing_b.address, Command("welcome back"))
+    await eventually(lambda: _copies(thing_b, again, PacketType.COMMAND) != [])
+    assert peers.counters["forwarded"] == lan_before + 1
+    assert forwarder.stats().forwarded == up_before  # not through the router
 
 
 @inside

@@ -115,7 +115,9 @@ class PeerConfig:
 class _PeerLink:
     """The outgoing side towards one peer: connect, announce, drain its queue, take its acks."""
 
-    def __init__(self, network: PeerNetwork, endpoint: PeerEndpoint) -> None:
+    def __init__(
+        self, network: PeerNetwork, endpoint: PeerEndpoint, *, given_up: bool = False
+    ) -> None:
         self.network = network
         self.endpoint = endpoint
         self.hop = peer_hop(endpoint.gateway)
@@ -128,6 +130,8 @@ class _PeerLink:
         )
         self._writer: asyncio.StreamWriter | None = None
         self.down_since: float | None = time.monotonic()
+        # Unreachable past the grace once already: routed to again only once it connects.
+        self.given_up = given_up
         self.announced: frozenset[Address] = frozenset()
         self.announced_at = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
@@ -185,6 +189,7 @@ class _PeerLink:
     ) -> None:
         self._writer = writer
         self.down_since = None
+        self.given_up = False
         self.network.counters["connects"] += 1
         self.announce(self.network.served())  # first: the peer binds the connection to it
         self.outbox.link_restored()
@@ -319,9 +324,19 @@ class PeerNetwork:
                 served != link.announced or now - link.announced_at >= self.config.announce_seconds
             ):
                 link.announce(served)
-            if link.down_since is not None and now - link.down_since > self.config.grace:
-                del self._links[link.endpoint.gateway]
-                await self._fall_back(link)
+            if (
+                not link.given_up
+                and link.down_since is not None
+                and now - link.down_since > self.config.grace
+            ):
+                await self._give_up(link)
+
+    async def _give_up(self, link: _PeerLink) -> None:
+        """Its queue goes to the router; a fresh link (a fresh outbox: the old one's in-flight
+        rows are gone) keeps trying, and the peer is routed to again once it answers."""
+        await self._fall_back(link)
+        revived = self._links[link.endpoint.gateway] = _PeerLink(self, link.endpoint, given_up=True)
+        revived.start()
 
     async def _fall_back(self, link: _PeerLink) -> None:
         await link.stop()
@@ -352,7 +367,7 @@ class PeerNetwork:
         if holder is None:
             return None
         link = self._links.get(Address.from_text(holder))
-        if link is None:
+        if link is None or link.given_up:
             return None
         self.counters["forwarded"] += 1
         return self.queue.put(link.hop, packet.message_id, data)
