@@ -19,13 +19,14 @@ import sys
 
 import pytest
 
-from i4t_gateway.endpoint import Sender
+from i4t_gateway.core import BridgeHooks, GatewayCore
+from i4t_gateway.endpoint import Receiver, Sender
 from i4t_gateway.identity import Address, Identity
 from i4t_gateway.links import UPLINK_HOP
 from i4t_gateway.payloads import Ack, Announce, Command, PacketType
 from i4t_gateway.peers import FRAME_HEADER, MAX_FRAME, frame, peer_hop
 from i4t_gateway.server import GatewayServer
-from i4t_gateway.things import ThingKind
+from i4t_gateway.things import Thing, ThingKind
 from i4t_gateway.wire import open_packet
 
 from .brokers import Mosquitto, free_port, make_tls_certs
@@ -349,3 +350,40 @@ async def test_announce_includes_proxied_things(tmp_path: Path) -> None:
         assert announced == proxied | {server.identity.address}
     finally:
         server.store.close()
+
+
+class _GattWrites(BridgeHooks):
+    """The BLE bridge's side of a GATT write, recorded (the integration performs it)."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, bytes]] = []
+
+    def gatt_write(self, thing: Thing, data: bytes) -> str | None:
+        assert thing.mac is not None
+        self.writes.append((thing.mac, data))
+        return None
+
+
+def test_packets_for_proxied_things_are_taken_by_kind() -> None:
+    """Announced proxied things get their packets: an I4T beacon by a GATT write; BTHome
+    sensors and MQTT devices take none, so theirs are refused for good (not left unasked)."""
+    gatt = _GattWrites()
+    gateway = Identity.generate()
+    core = GatewayCore(gateway, lambda topic, payload, retain: None, device_hooks=gatt)
+    beacon = core.things.enrol_ble(ThingKind.BEACON, "AA:BB:CC:DD:EE:03", "11" * 16, "Tag", 0.0)
+    sensor = core.things.enrol_ble(ThingKind.BTHOME, "AA:BB:CC:DD:EE:04", None, "Sensor", 0.0)
+    plug = core.things.enrol_mqtt("plug", {"id": "plug"}, "Plug", 0.0)
+    assert all(core.serves(thing.address) for thing in (beacon, sensor, plug))
+
+    far = Sender(FAR_AWAY)
+    receiver = Receiver(gateway)
+    for thing in (beacon, sensor, plug):
+        sealed = far.seal(far.packet(thing.address, Command("blink")))
+        core.deliver_from_router(receiver.receive(sealed))
+
+    assert [mac for mac, _ in gatt.writes] == ["AA:BB:CC:DD:EE:03"]
+    written = open_packet(gatt.writes[0][1]).packet
+    assert written.src == FAR_AWAY.address
+    assert written.dst == beacon.address  # the signed packet itself, hop limit one lower
+    assert core.counters.delivered_down == 1
+    assert core.counters.dropped["takes_no_packets"] == 2
