@@ -24,6 +24,7 @@ from i4t_gateway.tokens import ROUTER_DATABASE_FILE, TokenLimits, open_token_boo
 from .brokers import Mosquitto
 from .gateway_harness import Harness, fast_settings, start_harness
 from .mqtt_probe import Probe
+from .nats_cluster import NatsNode, stop_process
 
 
 @dataclass
@@ -91,8 +92,9 @@ class RouterProcess:
     """The console script in router role, as an operator runs it; kill() is a SIGKILL."""
 
     data_dir: Path
-    broker: Mosquitto
+    broker: Mosquitto | NatsNode  # anything with a broker URL
     upstream: Upstream | None = None
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -103,14 +105,20 @@ class RouterProcess:
         command = [
             sys.executable, "-m", "i4t_gateway", "--role", "router",
             "--broker", self.broker.url, "--data-dir", str(self.data_dir),
+            *self.extra_args,
         ]  # fmt: skip
         env = dict(os.environ)
         if self.upstream is not None:
             command += ["--upstream", self.upstream.url]
             command += ["--upstream-router", self.upstream.router.text]
             env["I4T_UPSTREAM_TOKEN"] = self.upstream.token
-        log = (self.data_dir / "router.log").open("ab")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / self.log_name).open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+    @property
+    def log_name(self) -> str:
+        return "router.log" if not self.extra_args else f"router{'-'.join(self.extra_args)}.log"
 
     def kill(self) -> None:
         assert self.process is not None
@@ -118,13 +126,7 @@ class RouterProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def queued_for(self, gateway: Address) -> int:
         """Packets its database holds for a gateway (read beside the running process)."""

@@ -48,19 +48,21 @@ async def test_the_router_admits_a_new_token_on_the_broker_and_a_revoke_cuts_the
     try:
         # The router's session works under the default deny: the router provisioned itself.
         await eventually(lambda: router.bus.connected)
+        provisioning = router.provisioning
+        assert provisioning is not None
+        # Issued while the router runs: on the broker within a token reload or two. (The
+        # gateway starts after that: a session refused before is not what this tests.)
+        await eventually(lambda: provisioning.counters["created"] == 1)
         await gateway.start()
-        # Issued while the router runs: on the broker within a token reload or two.
         await eventually(lambda: gateway.forwarder.stats().link_up, seconds=10)
         await eventually(lambda: gateway.queued() == 0)  # the announce was taken and acked
         assert router.region.gateway_for(gateway.thing.address) == gateway.address.text
-        assert router.provisioning is not None
-        assert router.provisioning.counters["created"] == 1
 
         book, _ = open_token_book(router_dir)
         token_id = read_token(gateway.token, book.operator_key).id_text
         assert book.revoke(token_id)
         await eventually(lambda: not gateway.forwarder.stats().link_up, seconds=10)
-        assert router.provisioning.counters["revoked"] == 1
+        await eventually(lambda: provisioning.counters["revoked"] == 1)
         await gateway.send(router_address(router_dir), 3)
         for _ in range(20):  # reconnect attempts for 2 s: all refused by the broker
             await asyncio.sleep(0.1)

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+import contextlib
 from dataclasses import dataclass, field
 import functools
 import json
 import logging
+import sqlite3
 import time
 from typing import Any, Final
 
@@ -50,14 +52,27 @@ from .payloads import (
     PacketType,
     Payload,
 )
-from .queue import ForwardError, GroupCommit, Outbox, PacketQueue, PersistentDedup, QueueError
 from .provisioning import ADMIN_CLIENT_PREFIX, BrokerProvisioning, admin_address
+from .queue import ForwardError, GroupCommit, Outbox, PacketQueue, PersistentDedup, QueueError
 from .registry import NameRefusedError, NameRegistry, RegionTable
 from .settings import Settings
 from .store import get_meta, set_meta
 from .tokens import OPERATOR_KEY_FILE, Admission, TokenBook, open_router_store
 from .usage import Accounting, CostModel
 from .wire import Packet, peek
+from .workers import (
+    DEAD_AFTER_SECONDS,
+    HEARTBEAT_FILTER,
+    HEARTBEAT_SECONDS,
+    HEARTBEAT_TOPIC_PREFIX,
+    ClockSequencer,
+    Membership,
+    WorkerLock,
+    adopt_queues,
+    peer_ids,
+    valid_worker_id,
+    worker_dir,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -82,6 +97,10 @@ HOUSEKEEPING_SECONDS: Final = 1.0
 TOKEN_RELOAD_SECONDS: Final = 2.0
 UNKNOWN_RELOAD_SECONDS: Final = 0.25
 SAVE_EVERY_SECONDS: Final = 5.0
+ADOPT_EVERY_SECONDS: Final = 1.0
+OBSERVED_TYPES: Final = frozenset({PacketType.ANNOUNCE, PacketType.NAME_RECORD})
+"""What a worker takes from gateways it does not own: the region's table and names are every
+worker's (it must route to any gateway), the rest is the owner's."""
 # What the router forwards up is limited per gateway already (usage.py); the uplink's per-source
 # buckets only guard against a gateway that relays for a misbehaving thing.
 PARENT_RATE_LIMIT: Final = RateLimit(rate=1000.0, burst=5000.0)
@@ -112,12 +131,20 @@ class RouterServer:
         self.identity = load_or_create_identity(settings.data_dir / KEY_FILE)
         self.router_id = self.identity.address.text
         operator = load_or_create_identity(settings.data_dir / OPERATOR_KEY_FILE)
-        self.store = open_router_store(settings.data_dir)
+        self.worker_id = settings.worker_id
+        self.worker_lock: WorkerLock | None = None
+        self.membership: Membership | None = None
+        self.token_store = open_router_store(settings.data_dir)  # the region's, shared
+        if self.worker_id is None:
+            self.store = self.token_store
+            self.sender = Sender(self.identity)
+        else:
+            self.store, self.membership = self._open_worker(settings, self.worker_id)
+            self.sender = Sender(self.identity, sequencer=ClockSequencer())
         self.commits = GroupCommit(self.store)
         self.queue = PacketQueue(self.commits)
-        self.sender = Sender(self.identity)
         self.receiver = Receiver(self.identity, dedup=PersistentDedup(self.commits))
-        self.tokens = TokenBook(self.store, operator.public_bytes)
+        self.tokens = TokenBook(self.token_store, operator.public_bytes)
         self.region = RegionTable(self.commits)
         self.names = NameRegistry(self.commits)
         self.accounting = Accounting(session_gap=settings.announce_seconds * SESSION_GAP_FACTOR)
@@ -125,13 +152,17 @@ class RouterServer:
         self.costs = CostModel(settings.monthly_cost, settings.currency)
         self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        worker_suffix = "" if self.worker_id is None else f"-{self.worker_id}"
         self.bus = MqttBus(
             settings.local_broker(),
-            client_id=f"i4t-router-{self.router_id}",
+            client_id=f"i4t-router-{self.router_id}{worker_suffix}",
             on_connected=self._on_connected,
             tcp_nodelay=True,
         )
         self.bus.subscribe(UP_FILTER, self._on_up, qos=1)
+        if self.membership is not None:
+            self.bus.subscribe(HEARTBEAT_FILTER, self.membership.on_heartbeat, qos=0)
+        self._owns_from = float("inf")  # a worker takes nothing until it has heard its peers
         self.parent_address: Address | None = None
         self.parent = self._make_parent(settings)
         self.provisioning = self._make_provisioning(settings)
@@ -148,6 +179,21 @@ class RouterServer:
         self._announced_version = -1
         self._last_announce = float("-inf")
         self._last_token_reload = float("-inf")
+
+    def _open_worker(
+        self, settings: Settings, worker_id: str
+    ) -> tuple[sqlite3.Connection, Membership]:
+        """This worker's own store, under its lock (waits while a peer adopts its queues)."""
+        if not valid_worker_id(worker_id):
+            raise ValueError(f"a worker id is 1-32 letters, digits, - or _: {worker_id!r}")
+        if settings.upstream_url:
+            # Every worker would log in to the parent as the same gateway (one client id).
+            raise ValueError("a region served by several workers has no parent router yet")
+        directory = worker_dir(settings.data_dir, worker_id)
+        self.worker_lock = WorkerLock(directory)
+        if not self.worker_lock.acquire(wait=False):
+            raise RuntimeError(f"worker {worker_id} runs already (or a peer is adopting it)")
+        return open_router_store(directory), Membership(worker_id)
 
     def _make_parent(self, settings: Settings) -> Forwarder | None:
         """The durable uplink to the parent router, when one is configured."""
@@ -205,6 +251,9 @@ class RouterServer:
         for gateway, outbox in self._outboxes.items():
             self._run_outbox(gateway, outbox)
         self._tasks["housekeeping"] = asyncio.create_task(self._keep_house(), name="router-house")
+        if self.membership is not None:
+            self._owns_from = time.monotonic() + DEAD_AFTER_SECONDS
+            self._tasks["worker"] = asyncio.create_task(self._run_worker(), name="router-worker")
         _LOGGER.info("router %s started (version %s)", self.identity.address.short(), __version__)
 
     async def stop(self) -> None:
@@ -223,6 +272,10 @@ class RouterServer:
             await self.provisioning.stop()
         await self.bus.stop()
         self.store.close()
+        if self.token_store is not self.store:
+            self.token_store.close()
+        if self.worker_lock is not None:
+            self.worker_lock.release()  # last: a peer may adopt what is left from now on
         _LOGGER.info("router stopped")
 
     def _run_outbox(self, gateway: str, outbox: Outbox) -> None:
@@ -240,14 +293,12 @@ class RouterServer:
     def _on_up(self, topic: str, payload: bytes, retained: bool) -> None:
         if self._stopping:
             return
-        if retained:  # replayed by the broker, not sent now
-            self.dropped["retained"] += 1
+        gateway = self._sender_of(topic, retained)
+        if gateway is None:
             return
         gateway_id = topic.rsplit("/", 1)[-1]
-        try:
-            gateway = Address.from_text(gateway_id)
-        except AddressError:
-            self.dropped["bad_topic"] += 1
+        if not self._owns(gateway_id):
+            self._observe(gateway_id, gateway, payload)
             return
         admission = self._admission(gateway)
         if admission is None:
@@ -268,6 +319,50 @@ class RouterServer:
             self.dropped["source_elsewhere"] += 1  # not acked: sent again once the claim lapses
         else:
             self._take(gateway_id, inbound)
+
+    def _sender_of(self, topic: str, retained: bool) -> Address | None:
+        """The gateway an up topic names; None (counted) for a retained message or a topic
+        that names no address."""
+        if retained:  # replayed by the broker, not sent now
+            self.dropped["retained"] += 1
+            return None
+        try:
+            return Address.from_text(topic.rsplit("/", 1)[-1])
+        except AddressError:
+            self.dropped["bad_topic"] += 1
+            return None
+
+    def _owns(self, gateway_id: str) -> bool:
+        """Whether this router takes the gateway's packets: always, unless it is one worker of
+        several, then when the ring gives it the gateway."""
+        if self.membership is None:
+            return True
+        return time.monotonic() >= self._owns_from and self.membership.owns(gateway_id)
+
+    def _observe(self, gateway_id: str, gateway: Address, payload: bytes) -> None:
+        """A packet from a gateway another worker owns: nothing is acked or forwarded here,
+        but acks release what this worker sent that gateway, and announces and name records
+        keep this worker's table and names whole. Peeked first: the rest costs nothing."""
+        try:
+            kind = peek(payload).type
+        except PacketError:
+            self.counters["observed_invalid"] += 1
+            return
+        outbox = self._outboxes.get(gateway_id)
+        wanted = kind in OBSERVED_TYPES or (kind is PacketType.ACK and outbox is not None)
+        if not wanted:
+            return
+        try:
+            inbound = self.receiver.receive(payload)
+        except PacketError:
+            self.counters["observed_invalid"] += 1
+            return
+        if kind is PacketType.ACK:
+            self._on_ack(gateway_id, gateway, inbound)
+        elif inbound.for_me and not inbound.duplicate:
+            with contextlib.suppress(_RefusedError):  # the owner counts refusals
+                self._consume(gateway_id, inbound)
+            self.counters["observed"] += 1
 
     def _settle_old(self, gateway_id: str, payload: bytes, err: PacketError) -> None:
         """Ack an authentic packet for the router that the replay window refuses: one queued
@@ -580,6 +675,45 @@ class RouterServer:
         elif self.region.version != self._announced_version:
             self._announce_up(now, everything=False)
 
+    # -- several workers in one region ---------------------------------------------------------
+
+    async def _run_worker(self) -> None:
+        """Heartbeats, the ring, and the queues of workers that died."""
+        assert self.membership is not None
+        assert self.worker_id is not None
+        topic = f"{HEARTBEAT_TOPIC_PREFIX}/{self.worker_id}"
+        last_adopt = float("-inf")
+        while True:
+            self.bus.publish(topic, self.membership.heartbeat(), qos=0)
+            self.membership.refresh()
+            now = time.monotonic()
+            if now - last_adopt >= ADOPT_EVERY_SECONDS and now >= self._owns_from:
+                last_adopt = now
+                await self._adopt_dead_peers()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _adopt_dead_peers(self) -> None:
+        assert self.membership is not None
+        assert self.worker_id is not None
+        alive = self.membership.ring().members
+        for peer in peer_ids(self.settings.data_dir, self.worker_id):
+            if peer in alive:
+                continue
+            try:
+                moved = await adopt_queues(
+                    self.settings.data_dir, peer, self.queue, DOWN_HOP_PREFIX
+                )
+            except (QueueError, sqlite3.Error) as err:
+                self.dropped["adopt_failed"] += 1
+                _LOGGER.warning("adopting worker %s's queues failed: %s", peer, err)
+                continue
+            if moved:
+                self.counters["adopted"] += moved
+                _LOGGER.warning("took %d queued packets of dead worker %s", moved, peer)
+                for hop in self.queue.hops():
+                    if hop.startswith(DOWN_HOP_PREFIX):
+                        self._outbox(hop.removeprefix(DOWN_HOP_PREFIX))
+
     # -- housekeeping, state and usage ---------------------------------------------------------
 
     async def _keep_house(self) -> None:
@@ -660,11 +794,14 @@ class RouterServer:
             "provisioning": None
             if self.provisioning is None
             else dict(sorted(self.provisioning.counters.items())),
+            "worker": self.worker_id,
+            "workers": None if self.membership is None else sorted(self.membership.ring().members),
             "at": round(now, 3),
         }
 
     def _publish_state(self, now: float) -> None:
-        self.bus.publish(STATE_TOPIC, json.dumps(self.state(now)).encode(), qos=1, retain=True)
+        topic = STATE_TOPIC if self.worker_id is None else f"{STATE_TOPIC}/{self.worker_id}"
+        self.bus.publish(topic, json.dumps(self.state(now)).encode(), qos=1, retain=True)
         for gateway_id in list(self.accounting.usage):
             report = json.dumps(self.usage_report(gateway_id, now)).encode()
             self.bus.publish(f"{USAGE_TOPIC_PREFIX}/{gateway_id}", report, qos=1, retain=True)

@@ -1,0 +1,143 @@
+"""A real 3-node NATS cluster on loopback for the router scale-out tests and benchmark.
+
+Debian's ``nats-server`` (2.9), each node with JetStream (its MQTT listener needs it, and a
+``server_name``) and an MQTT listener, routes between the three on free loopback ports. NATS's
+MQTT speaks 3.1.1 only: clients of this fabric use ``mqtt5=False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from .brokers import free_port, wait_for_port
+
+NATS_CANDIDATES = ("nats-server", "/usr/bin/nats-server", "/usr/sbin/nats-server")
+CLUSTER_NAME = "i4t-region"
+READY_SECONDS = 30.0
+
+
+def nats_binary() -> str:
+    for candidate in NATS_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise RuntimeError("nats-server is not installed: run ./scripts/setup")
+
+
+@dataclass
+class NatsNode:
+    name: str
+    workdir: Path
+    client_port: int = field(default_factory=free_port)
+    cluster_port: int = field(default_factory=free_port)
+    mqtt_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The node's MQTT listener, as a broker URL."""
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    def config(self, peers: list[NatsNode]) -> str:
+        routes = ", ".join(f'"nats-route://127.0.0.1:{peer.cluster_port}"' for peer in peers)
+        store = self.workdir / f"js-{self.name}"
+        return (
+            f'server_name: "{self.name}"\n'
+            f"listen: 127.0.0.1:{self.client_port}\n"
+            "jetstream {\n"
+            f'  store_dir: "{store}"\n'
+            "  max_memory_store: 64MB\n"
+            "  max_file_store: 512MB\n"
+            "}\n"
+            "cluster {\n"
+            f"  name: {CLUSTER_NAME}\n"
+            f"  listen: 127.0.0.1:{self.cluster_port}\n"
+            f"  routes: [{routes}]\n"
+            "}\n"
+            "mqtt {\n"
+            f"  listen: 127.0.0.1:{self.mqtt_port}\n"
+            # A router catching up after a stall has many QoS 1 messages unacked at once.
+            "  max_ack_pending: 10000\n"
+            "}\n"
+        )
+
+    def start(self, peers: list[NatsNode]) -> None:
+        path = self.workdir / f"nats-{self.name}.conf"
+        path.write_text(self.config(peers))
+        log = (self.workdir / f"nats-{self.name}.log").open("ab")
+        self.process = subprocess.Popen(
+            [nats_binary(), "-c", str(path)], stdout=log, stderr=log, env={**os.environ}
+        )
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+
+@dataclass
+class NatsCluster:
+    """Three nodes routed to each other; start() returns once every MQTT listener serves."""
+
+    workdir: Path
+    nodes: list[NatsNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.nodes:
+            self.nodes = [NatsNode(f"n{index}", self.workdir) for index in (1, 2, 3)]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start([peer for peer in self.nodes if peer is not node])
+        for node in self.nodes:
+            wait_for_port(node.mqtt_port, timeout=READY_SECONDS)
+        deadline = time.monotonic() + READY_SECONDS
+        for node in self.nodes:
+            wait_until_mqtt_serves(node.mqtt_port, deadline)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_mqtt_serves(port: int, deadline: float) -> None:
+    """A CONNECT answered with CONNACK 0: the node's JetStream (the MQTT sessions' store) is
+    up, which in a fresh cluster takes a leader election after the listener opens."""
+    while time.monotonic() < deadline:
+        if _connack(port) == 0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"the NATS MQTT listener on {port} does not accept sessions")
+
+
+def _connack(port: int) -> int | None:
+    client_id = b"i4t-probe"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x3c"  # MQTT 3.1.1, clean session, keepalive 60 s
+    body = variable + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            answer = sock.recv(4)
+    except OSError:
+        return None
+    if len(answer) == 4 and answer[0] == 0x20:
+        return answer[3]
+    return None
