@@ -24,6 +24,7 @@ from i4t_gateway.endpoint import Receiver, Sender
 from i4t_gateway.identity import Address, Identity
 from i4t_gateway.links import DOWN_TOPIC_PREFIX, UP_TOPIC_PREFIX, down_topic
 from i4t_gateway.payloads import MAX_ACKS, Ack, PacketType
+from i4t_gateway.replay import DEFAULT_DEDUP_CAPACITY, DedupCache
 from i4t_gateway.wire import peek
 
 
@@ -38,15 +39,17 @@ class RouterStandIn:
     def __init__(
         self,
         port: int,
-        ca_file: Path,
+        ca_file: Path | None,
         identity: Identity,
         *,
         seed: int = 1,
         batch_acks: bool = False,
+        dedup_capacity: int = DEFAULT_DEDUP_CAPACITY,
     ) -> None:
         self.me = identity
         self._sender = Sender(identity)
-        self._receiver = Receiver(identity)
+        # Long fault runs send more than the default window: keep every id to count copies.
+        self._receiver = Receiver(identity, dedup=DedupCache(capacity=dedup_capacity))
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self.acking = True
@@ -70,7 +73,8 @@ class RouterStandIn:
             client_id="router-standin",
             protocol=mqtt.MQTTv5,
         )
-        self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
+        if ca_file is not None:  # None: a plain broker (a parent router's, in the fault runs)
+            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self._subscribed.set()

@@ -202,7 +202,8 @@ class UplinkStats:
     further sends; ``acked``: released by the router's acks; ``expired``: dropped unacked after
     the queue's max age. ``received``: messages on the down topic; ``delivered``: packets handed
     to the server; ``duplicates``: copies acked again but not delivered. ``refused``: packets
-    not accepted for forwarding, by reason (``queue_full``, ``rate_limited``); ``dropped``:
+    not accepted for forwarding, by reason (``queue_full``, ``rate_limited``, ``store_failed``:
+    the database could not be written); ``dropped``:
     packets from the router dropped, by reason (PROTOCOL §11 reasons, ``unasked``,
     ``ack_not_from_router``, ``ack_not_for_us``, ``inbound_backlog``, ``deliver_failed``,
     ``retained``).
@@ -330,10 +331,17 @@ class Forwarder:
             self.refused["rate_limited"] += 1
             raise RateLimitedError(packet.src)
         try:
-            return self.queue.put(self.hop, packet.message_id, data)
+            durable = self.queue.put(self.hop, packet.message_id, data)
         except QueueFullError:
             self.refused["queue_full"] += 1
             raise
+        durable.add_done_callback(self._count_unstored)
+        return durable
+
+    def _count_unstored(self, durable: asyncio.Future[None]) -> None:
+        # The database refused the batch (a full disk): not stored, so not acked to its sender.
+        if not durable.cancelled() and durable.exception() is not None:
+            self.refused["store_failed"] += 1
 
     def _publish(self, data: bytes) -> bool:
         return self.bus.publish(self.up, data, qos=1)

@@ -33,6 +33,7 @@ import time
 from typing import Final
 
 from .replay import DEFAULT_DEDUP_CAPACITY, DEFAULT_MAX_AGE_MS, Clock, DedupCache, wall_clock_ms
+from .store import WriteErrorLog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class GroupCommit:
         self.commits = 0
         self.rows_committed = 0
         self.failures = 0
+        self._write_errors = WriteErrorLog(
+            _LOGGER, "packets and acks are not stored; the things and routers send them again"
+        )
 
     @property
     def pending(self) -> int:
@@ -186,12 +190,13 @@ class GroupCommit:
             for sql, params in runs:
                 conn.executemany(sql, params)
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except sqlite3.Error as err:
             self.failures += 1
-            _LOGGER.exception("queue commit failed; its packets are refused")
+            self._write_errors.failed(err)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return False
+        self._write_errors.succeeded()
         return True
 
     def _retry_later(self) -> None:

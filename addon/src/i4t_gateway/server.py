@@ -8,6 +8,7 @@ from collections.abc import Callable
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 
 from . import __version__, api
@@ -32,7 +33,7 @@ from .mqtt_devices import (
 from .peers import ANNOUNCE_LIFETIMES, PeerConfig, PeerNetwork, announce_packets
 from .queue import ForwardError, GroupCommit, PacketQueue, PersistentDedup, QueueFullError
 from .settings import Settings
-from .store import get_meta, open_store, set_meta
+from .store import WriteErrorLog, get_meta, open_store, set_meta
 from .things import Thing, ThingKind
 from .timeouts import TimeoutPolicy
 from .tokens import token_expiry_ms
@@ -47,8 +48,9 @@ CORE_STATE_KEY = "core_state"
 BLE_COUNTERS_KEY = "ble_counters"
 HOUSEKEEPING_SECONDS = 1.0
 SAVE_EVERY_SECONDS = 5.0
-# What a request changed is saved at once, in a burst of requests at most this often.
-REQUEST_SAVE_SECONDS = 1.0
+# What a request changed is saved at once, unless saving would then take more than this share
+# of the time (thousands of things enrolled in a burst): then within a housekeeping tick.
+REQUEST_SAVE_SHARE = 0.1
 STATE_EVERY_SECONDS = 10.0
 
 
@@ -124,7 +126,11 @@ class GatewayServer:
         self.bus.subscribe(self.topics.commands, self._on_request, qos=1)
         self._housekeeping: asyncio.Task[None] | None = None
         self._last_save = float("-inf")
+        self._save_gap = 0.0  # how long to wait after a save to keep saves to their share
         self._request_unsaved = False
+        self._write_errors = WriteErrorLog(
+            _LOGGER, "enrolments, groups and learned intervals are kept in memory only"
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._announced: frozenset[Address] = frozenset()
         self._last_announce = float("-inf")
@@ -203,18 +209,32 @@ class GatewayServer:
         return {} if saved is None else dict(json.loads(saved))
 
     def save(self) -> None:
-        """Write groups, things, learned intervals and BLE replay counters to the database."""
-        set_meta(self.store, CORE_STATE_KEY, json.dumps(self.core.export()))
-        set_meta(self.store, BLE_COUNTERS_KEY, json.dumps(dict(self.ble.counters)))
-        self._last_save = time.monotonic()
+        """Write groups, things, learned intervals and BLE replay counters to the database.
+
+        A write that fails (a full disk) is logged and tried again with the next save; the
+        state stays in memory. Raising here would end housekeeping for good (the fault run
+        found it: no more DEAD nodes, state or saves, even after space came back)."""
+        started = time.monotonic()
+        try:
+            set_meta(self.store, CORE_STATE_KEY, json.dumps(self.core.export()))
+            set_meta(self.store, BLE_COUNTERS_KEY, json.dumps(dict(self.ble.counters)))
+        except sqlite3.Error as err:
+            self.core.dirty = True  # export() cleared it, but nothing was saved
+            self._write_errors.failed(err)
+            return
+        finally:
+            self._last_save = time.monotonic()
+            self._save_gap = (self._last_save - started) * (1 / REQUEST_SAVE_SHARE - 1)
         self._request_unsaved = False
+        self._write_errors.succeeded()
 
     def _save_request_changes(self) -> None:
         """Save what a request changed (an enrolment, a group) before its reply leaves (the
         bus writes it after this callback), so that a confirmed change survives a kill -9 (the
-        fault run lost enrolments confirmed less than 5 s before). In a burst of requests at
-        most every REQUEST_SAVE_SECONDS: housekeeping saves the rest within that."""
-        if self._request_unsaved and time.monotonic() - self._last_save >= REQUEST_SAVE_SECONDS:
+        fault run lost enrolments confirmed less than 5 s before). In a burst of requests with
+        thousands of things, at most REQUEST_SAVE_SHARE of the time goes to saving: the rest
+        is saved with the next housekeeping tick, within a second."""
+        if self._request_unsaved and time.monotonic() - self._last_save >= self._save_gap:
             self.save()
 
     def _on_ble_update(self, update: BleUpdate) -> None:

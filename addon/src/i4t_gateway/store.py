@@ -6,9 +6,11 @@ registered here, so that one schema version describes the whole file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+import logging
 from pathlib import Path
 import sqlite3
+import time
 
 SCHEMA_VERSION = 2
 
@@ -88,3 +90,53 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+WRITE_ERROR_LOG_SECONDS = 60.0
+
+
+class WriteErrorLog:
+    """Failed writes to the database, logged as one clear error a minute (the rest at debug)
+    and once more when writing works again.
+
+    A full disk fails every write, which for the queue is a commit every few milliseconds:
+    logged each time, with a traceback, the log would bury everything else (and fill the disk
+    holding it). ``consequence`` says what the failure means for the user.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        consequence: str,
+        *,
+        every: float = WRITE_ERROR_LOG_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._consequence = consequence
+        self._every = every
+        self._monotonic = monotonic
+        self._logged_at = float("-inf")
+        self._told = False  # an error was logged and its end not yet
+        self.failures = 0
+
+    def failed(self, err: sqlite3.Error) -> None:
+        self.failures += 1
+        level = logging.DEBUG
+        if self._monotonic() - self._logged_at >= self._every:
+            self._logged_at = self._monotonic()
+            self._told = True
+            level = logging.ERROR
+        self._logger.log(
+            level,
+            "cannot write the database (%s): %s (%d failed writes so far)",
+            err,
+            self._consequence,
+            self.failures,
+        )
+
+    def succeeded(self) -> None:
+        # Near a full disk some writes pass between failures: at most one such line a minute.
+        if self._told:
+            self._told = False
+            self._logger.warning("the database can be written again")
