@@ -12,7 +12,7 @@ Body keys: 1 version, 2 type, 3 source, 4 destination, 5 message id, 6 sequence,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 import enum
 import os
 from typing import Final
@@ -209,10 +209,14 @@ class Received:
     signer_key: bytes
     encrypted: bool
     raw: bytes
+    # The decoded envelope of ``raw``, kept so that forwarding does not decode it again.
+    envelope: Sign1 | None = field(default=None, repr=False, compare=False)
 
     def forwarded(self) -> bytes:
         """The bytes to send to the next hop: the same signed packet, one hop fewer."""
-        return forward(self.raw)
+        if self.envelope is None:
+            return forward(self.raw)
+        return _one_hop_fewer(self.envelope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +248,7 @@ def open_packet(
     encrypted = Flag.ENCRYPTED in envelope.flags
     if encrypted and recipient is not None and recipient.address == packet.dst:
         packet = _decrypt(packet, recipient, limits)
-    return Received(packet, envelope.hop_limit, key, encrypted, data)
+    return Received(packet, envelope.hop_limit, key, encrypted, data, envelope.sign1)
 
 
 def peek(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Packet:
@@ -363,7 +367,10 @@ def forward(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
 
     Only the unprotected header changes, so the signature still holds.
     """
-    envelope = decode_sign1(data, limits)
+    return _one_hop_fewer(decode_sign1(data, limits))
+
+
+def _one_hop_fewer(envelope: Sign1) -> bytes:
     hop_limit = s.uint(envelope.unprotected.get(HOP_LIMIT_LABEL), Reason.BAD_HEADER, "hop limit")
     if hop_limit == 0:
         raise PacketError(Reason.HOP_LIMIT, "hop limit spent")
