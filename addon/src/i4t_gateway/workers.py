@@ -41,9 +41,9 @@ LOCK_FILE: Final = "worker.lock"
 HEARTBEAT_TOPIC_PREFIX: Final = "i4t/r/workers"
 HEARTBEAT_FILTER: Final = f"{HEARTBEAT_TOPIC_PREFIX}/+"
 HEARTBEAT_SECONDS: Final = 0.5
-DEAD_AFTER_SECONDS: Final = 2.0
-"""A worker not heard for this long is out of the ring (four heartbeats: one lost changes
-nothing)."""
+DEAD_AFTER_SECONDS: Final = 3.0
+"""A worker not heard for this long is out of the ring: six heartbeats, so that a few lost or
+late under load (a busy worker's loop, a fabric catching up) change nothing."""
 ADOPT_BATCH: Final = 1000
 _WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
