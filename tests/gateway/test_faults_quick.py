@@ -15,11 +15,16 @@ import time
 
 import pytest
 
+from i4t_gateway.cose import DEFAULT_LIMITS
+from i4t_gateway.endpoint import Sender
+from i4t_gateway.identity import Identity
+from i4t_gateway.payloads import MAX_ANNOUNCED, Announce
 from i4t_gateway.server import CORE_STATE_KEY
 from i4t_gateway.store import WriteErrorLog, get_meta
+from i4t_gateway.wire import open_packet
 from tests.faults.delivery import PARENT, case_restarts
 from tests.faults.disk import case_full_disk
-from tests.faults.rig import GatewayProcess, ThingFleet
+from tests.faults.rig import GatewayProcess, ThingFleet, thing_identity
 
 from .brokers import Mosquitto
 
@@ -107,3 +112,17 @@ def test_a_failing_database_is_one_error_a_minute_and_one_line_when_it_works_aga
     recovered = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(recovered) == 1
     assert log.failures == 502
+
+
+def test_a_full_announce_fits_within_the_packet_size_limit() -> None:
+    """The soak's 10k things: announces of MAX_ANNOUNCED addresses must be accepted by the
+    router (they were 18.6 KB against a 16 KB limit, refused as too_large)."""
+    gateway = Identity.from_seed(bytes([5]) * 32)
+    served = tuple(thing_identity("announce", i).address for i in range(MAX_ANNOUNCED))
+    sender = Sender(gateway)
+    packet = sender.packet(PARENT.address, Announce(served, 2**40))
+    data = sender.seal(packet)
+    assert len(data) <= DEFAULT_LIMITS.max_size
+    opened = open_packet(data).packet.payload
+    assert isinstance(opened, Announce)
+    assert opened.addresses == served
