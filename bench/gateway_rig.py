@@ -23,7 +23,10 @@ import time
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "addon" / "src"), str(ROOT)]
+# I4T_BENCH_SRC=folder: the gateways and routers run that copy of addon/src (an A/B comparison
+# of a change without touching the working tree others test in).
+SOURCE = Path(os.environ.get("I4T_BENCH_SRC", ROOT / "addon" / "src"))
+sys.path[:0] = [str(SOURCE), str(ROOT)]
 
 import paho.mqtt.client as mqtt  # noqa: E402 - after the path set-up above
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
@@ -43,6 +46,8 @@ from tests.gateway.brokers import Mosquitto, make_tls_certs  # noqa: E402
 for _name in [name for name in os.environ if name.startswith("I4T_")]:
     if not _name.startswith("I4T_BENCH_"):
         del os.environ[_name]
+
+os.environ["PYTHONPATH"] = str(SOURCE)  # for every process started from here
 
 STARTUP_SECONDS = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -68,6 +73,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores together have spent busy since boot (Linux /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
 
 
 def seed_gateway(data_dir: Path, public_keys: Iterable[bytes]) -> Identity:
@@ -152,7 +164,7 @@ class GatewayProcess:
             sys.executable, *profiler, "-m", "i4t_gateway", "--broker", broker.url,
             "--data-dir", str(data_dir), "--log-level", "warning",
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "addon" / "src")}
+        env = {**os.environ}
         if upstream is not None:
             assert router is not None
             command += ["--upstream", upstream.url, "--upstream-router", router.text]
