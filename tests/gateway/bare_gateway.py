@@ -50,7 +50,9 @@ class BareGateway:
             queue=PacketQueue(self.commits),
             deliver=self._deliver,
             serves=lambda address: address == self.thing.address,
-            retry=RetryPolicy(first=0.5, maximum=2.0),
+            # Capped lower than a real gateway's (1 s doubling to 60 s) to keep tests short, but
+            # backing off: a retransmission storm would swamp a slow fabric.
+            retry=RetryPolicy(first=1.0, maximum=16.0),
             rate_limit=RateLimit(rate=1e6, burst=1e6),
             max_backoff=0.5,
         )

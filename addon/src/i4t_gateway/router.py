@@ -300,12 +300,7 @@ class RouterServer:
         if not self._owns(gateway_id):
             self._observe(gateway_id, gateway, payload)
             return
-        admission = self._admission(gateway)
-        if admission is None:
-            self.dropped["not_admitted"] += 1  # not acked: admitted later, it is sent again
-            return
-        if not self.accounting.allow_in(gateway_id, admission, len(payload), time.time()):
-            self.dropped["over_limit"] += 1  # not acked: the gateway's queue holds it
+        if not self._may_take(gateway_id, gateway, payload):
             return
         try:
             inbound = self.receiver.receive(payload)
@@ -319,6 +314,38 @@ class RouterServer:
             self.dropped["source_elsewhere"] += 1  # not acked: sent again once the claim lapses
         else:
             self._take(gateway_id, inbound)
+
+    def _may_take(self, gateway_id: str, gateway: Address, payload: bytes) -> bool:
+        """Admission and rate limits (refused: not acked, so sent again later), and a copy of a
+        packet taken already, acked again at once."""
+        admission = self._admission(gateway)
+        if admission is None:
+            self.dropped["not_admitted"] += 1  # not acked: admitted later, it is sent again
+            return False
+        if not self.accounting.allow_in(gateway_id, admission, len(payload), time.time()):
+            self.dropped["over_limit"] += 1  # not acked: the gateway's queue holds it
+            return False
+        return not self._taken_before(gateway_id, payload)
+
+    def _taken_before(self, gateway_id: str, payload: bytes) -> bool:
+        """A retransmission of a packet already taken: acked again without verifying it.
+
+        Under load a gateway's retransmissions can outnumber its new packets (its timer fires
+        before the ack it waits for gets through a busy fabric), and verifying each copy would
+        make the backlog worse. Skipping the signature is safe: the ack goes only to the
+        gateway whose topic the copy came on, and tells it to stop sending an id this router
+        has stored; a gateway sending someone else's id only stops its own copy.
+        """
+        try:
+            packet = peek(payload)
+        except PacketError:
+            return False  # receive() counts it
+        if packet.type is PacketType.ACK or packet.message_id not in self.receiver.dedup:
+            return False
+        self.counters["received"] += 1
+        self.counters["duplicates"] += 1
+        self._ack_later(gateway_id, packet.message_id)
+        return True
 
     def _sender_of(self, topic: str, retained: bool) -> Address | None:
         """The gateway an up topic names; None (counted) for a retained message or a topic
