@@ -173,7 +173,11 @@ class GatewayProcess:
             env["I4T_UPSTREAM_TOKEN"] = token
         log = (data_dir / "gateway.log").open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self._wait_online()
+        try:
+            self._wait_online()
+        except BaseException:
+            self.stop()  # no stray gateway when the bench gives up
+            raise
 
     @property
     def address(self) -> Address:
