@@ -108,7 +108,7 @@ def summary(outcomes: list[Outcome], quick: bool) -> str:
         "copies removed by id", "left in queue", "integrity", "took", "result",
     ]  # fmt: skip
     timing_rows = [
-        [f"{o.name}: {what}", f"{seconds:.2f} s", _goal(what, seconds)]
+        [what, f"{seconds:.2f} s", _goal(what, seconds)]
         for o in outcomes
         for what, seconds in o.timings.items()
     ]

@@ -114,6 +114,8 @@ def finish(
     """Wait until every packet is acked to its thing and delivered, stop the gateway cleanly,
     read its queue and check its database."""
     sender.join(seconds)
+    if sender.is_alive():
+        outcome.notes.append(f"{fleet.pending()} packets never acked to their things")
 
     def all_delivered() -> bool:
         return fleet.acked <= standin.unique()
@@ -122,6 +124,11 @@ def finish(
         wait_until(all_delivered, seconds, "every acked packet delivered")
     except TimeoutError as err:
         outcome.notes.append(str(err))
+        lost = sorted(fleet.acked - standin.unique())[:5]
+        outcome.notes.append(
+            "lost: " + ", ".join(f"{m.hex()} ({standin.copies[m]} copies seen)" for m in lost)
+        )
+        outcome.notes.append(f"queued at the gateway: {gateway.queue_rows()} rows")
     count(outcome, fleet, standin)
     with contextlib.suppress(TimeoutError):
         # The last acks from the destination release the gateway's last queued packets.
@@ -300,14 +307,19 @@ def _restart_router(router: RouterProcess, port: int, standin: RouterStandIn) ->
     """SIGKILL the router and start it again: seconds from its start to its connect to its
     broker (as it logged it), and until packets reach the parent through it again."""
     router.kill()
+    time.sleep(1.0)  # what the dead router had sent has arrived: later deliveries are new
     before = standin.delivered_count()
     router.start()
     back_at = time.time()
+    log = router.data_dir / "router.log"
+
+    def connected() -> float | None:
+        return first_connect(log.read_text(errors="replace"), port, back_at)
+
+    wait_until(lambda: connected() is not None, 60, "the router's reconnect")
     wait_until(lambda: standin.delivered_count() > before, 60, "packets through the router")
     flowing = time.time() - back_at
-    log = router.data_dir / "router.log"
-    connected = first_connect(log.read_text(errors="replace"), port, back_at)
     return {
-        "router restart (kill -9): reconnect": -1.0 if connected is None else connected - back_at,
+        "router restart (kill -9): reconnect": (connected() or back_at) - back_at,
         "router restart (kill -9): packets flow again": flowing,
     }

@@ -19,8 +19,9 @@ from i4t_gateway.cose import DEFAULT_LIMITS
 from i4t_gateway.endpoint import Sender
 from i4t_gateway.identity import Identity
 from i4t_gateway.payloads import MAX_ANNOUNCED, Announce
+from i4t_gateway.queue import GroupCommit, PacketQueue, QueueError
 from i4t_gateway.server import CORE_STATE_KEY
-from i4t_gateway.store import WriteErrorLog, get_meta
+from i4t_gateway.store import WriteErrorLog, get_meta, open_store
 from i4t_gateway.wire import open_packet
 from tests.faults.delivery import PARENT, case_restarts
 from tests.faults.disk import case_full_disk
@@ -126,3 +127,19 @@ def test_a_full_announce_fits_within_the_packet_size_limit() -> None:
     opened = open_packet(data).packet.payload
     assert isinstance(opened, Announce)
     assert opened.addresses == served
+
+
+async def test_a_batch_that_fails_when_full_refuses_the_packet_that_filled_it(
+    tmp_path: Path,
+) -> None:
+    """A write that makes the batch max_rows long commits at once; when that commit fails (a
+    full disk), the writer's committed() must fail too, not report it durable."""
+    commits = GroupCommit(open_store(tmp_path / "q.db"), max_rows=2)
+    queue = PacketQueue(commits)
+    commits.write("INSERT INTO no_such_table VALUES (?)", (1,))
+    doomed = queue.put("uplink", bytes(16), b"never stored")  # the second row: runs the batch
+    with pytest.raises(QueueError):
+        await doomed
+    assert queue.read("uplink", 0, 10) == []
+    await queue.put("uplink", bytes([1]) * 16, b"stored")  # a new batch: works again
+    assert len(queue.read("uplink", 0, 10)) == 1

@@ -116,6 +116,7 @@ class GroupCommit:
         self.commits = 0
         self.rows_committed = 0
         self.failures = 0
+        self._last_batch_failed = False
         self._write_errors = WriteErrorLog(
             _LOGGER, "packets and acks are not stored; the things and routers send them again"
         )
@@ -130,6 +131,8 @@ class GroupCommit:
 
     def write(self, sql: str, params: Sequence[object]) -> None:
         """Buffer one statement; it commits with the current batch."""
+        if not self._rows:
+            self._last_batch_failed = False  # a new batch: what failed before was reported
         runs = self._runs
         if runs and runs[-1][0] == sql:
             runs[-1][1].append(params)
@@ -151,7 +154,13 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         if not self._rows:
             done: asyncio.Future[None] = loop.create_future()
-            done.set_result(None)
+            if self._last_batch_failed:
+                # The write just made filled the batch and ran it at once (max_rows), and it
+                # failed: resolving this as committed acked packets that were never stored
+                # (the full-disk fault run lost one that way under load).
+                done.set_exception(QueueError("the batch was rolled back"))
+            else:
+                done.set_result(None)
             return done
         if self._waiter is None:
             self._waiter = loop.create_future()
@@ -172,6 +181,7 @@ class GroupCommit:
         runs, rows, waiter = self._runs, self._rows, self._waiter
         self._runs, self._rows, self._waiter = [], 0, None
         ok = self._execute(runs)
+        self._last_batch_failed = not ok
         if ok:
             self.commits += 1
             self.rows_committed += rows
