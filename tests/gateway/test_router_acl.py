@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from i4t_gateway.identity import Identity
 from i4t_gateway.router import RouterServer
-from i4t_gateway.settings import BrokerAddress, Settings
+from i4t_gateway.settings import BrokerAddress, Settings, SettingsError, settings_from_args
 from i4t_gateway.tokens import open_token_book, read_token
 
 from .bare_gateway import BareGateway
@@ -72,3 +74,20 @@ async def test_the_router_admits_a_new_token_on_the_broker_and_a_revoke_cuts_the
         await gateway.stop()
         await router.stop()
         dynsec_broker.stop()
+
+
+def test_provisioning_and_worker_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    base = ["--role", "router", "--data-dir", str(tmp_path), "--dynsec-admin", "i4t-admin"]
+    monkeypatch.delenv("I4T_DYNSEC_ADMIN_PASSWORD", raising=False)
+    with pytest.raises(SettingsError):  # no admin password
+        settings_from_args([*base, "--broker", "mqtt://router:pw@127.0.0.1:1883"])
+    monkeypatch.setenv("I4T_DYNSEC_ADMIN_PASSWORD", "secret")
+    with pytest.raises(SettingsError):  # the router's own login is missing
+        settings_from_args([*base, "--broker", "mqtt://127.0.0.1:1883"])
+    settings = settings_from_args(
+        [*base, "--broker", "mqtt://router:pw@127.0.0.1:1883", "--worker", "w1"]
+    )
+    assert (settings.dynsec_admin_user, settings.dynsec_admin_password) == ("i4t-admin", "secret")
+    assert settings.worker_id == "w1"
+    assert settings.upstream_mqtt5
+    assert not settings_from_args(["--upstream-mqtt311"]).upstream_mqtt5
