@@ -37,7 +37,7 @@ from .router_harness import RouterProcess, issue, router_address
 # 600 by default; I4T_SCALEOUT_PACKETS=2000 (or more) for a longer stream. QoS 1 under NATS's
 # MQTT goes through JetStream, and on a 2-core machine shared with other work the fabric then
 # PUBACKs a gateway's publishes at a few dozen a second at times: 2000 packets took 25 s on a
-# quiet machine and over two minutes on a loaded one.
+# quiet machine and did not finish within 90 s on a loaded one.
 PACKETS = int(os.environ.get("I4T_SCALEOUT_PACKETS", "600"))
 WORKERS = ("w1", "w2")
 # The stream is the point, not the rates: the region must not throttle it.
@@ -148,14 +148,15 @@ async def test_a_killed_worker_s_share_is_taken_over_without_loss(
 
         # The survivor's ring covers the source gateway again: its queue drains.
         try:
-            await eventually(lambda: sender.queued() == 0, seconds=60)
+            # Generous: on a loaded machine the fabric itself slows down (see PACKETS).
+            await eventually(lambda: sender.queued() == 0, seconds=90)
         except TimeoutError:
             print(sender.forwarder.stats().as_dict(), receiver.forwarder.stats().as_dict())
             for worker, state in beats.history:
                 print(worker, state.decode()[-700:])
             raise
         took_over = time.monotonic() - killed_at
-        await eventually(lambda: len(receiver.delivered) >= PACKETS, seconds=90)
+        await eventually(lambda: len(receiver.delivered) >= PACKETS, seconds=120)
         await asyncio.sleep(1.0)  # room for a late copy to show up (it must not)
 
         assert beats.alive() == {survivor}
