@@ -207,8 +207,12 @@ async def forwarding_rate(cluster: NatsCluster, directory: Path, workers: int) -
             await gateway.start()
         await wait_for(lambda: all(g.queued() == 0 for g in gateways), 60)
         started = time.perf_counter()
-        for source, destination in zip(sources, destinations, strict=True):
-            await source.send(destination.thing.address, PACKETS_PER_PAIR)
+        await asyncio.gather(
+            *(
+                source.send(destination.thing.address, PACKETS_PER_PAIR)
+                for source, destination in zip(sources, destinations, strict=True)
+            )
+        )
         total = PAIRS * PACKETS_PER_PAIR
         await wait_for(lambda: sum(len(d.delivered) for d in destinations) >= total, 180)
         return total / (time.perf_counter() - started)

@@ -9,6 +9,7 @@ delivers to the thing is what a real gateway would.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 import time
@@ -75,12 +76,12 @@ class BareGateway:
 
     async def send(self, to: Address, count: int) -> list[bytes]:
         """``count`` packets from the thing to ``to``, queued durably; their message ids."""
-        sent = []
-        for number in range(count):
-            packet = self.thing_sender.packet(to, Data((Reading("n", number),)))
-            await self.forwarder.submit(packet, self.thing_sender.seal(packet))
-            sent.append(packet.message_id)
-        return sent
+        packets = [self.thing_sender.packet(to, Data((Reading("n", n),))) for n in range(count)]
+        # Submitted together, as a gateway's things send: the store commits them in batches.
+        await asyncio.gather(
+            *(self.forwarder.submit(packet, self.thing_sender.seal(packet)) for packet in packets)
+        )
+        return [packet.message_id for packet in packets]
 
     def queued(self) -> int:
         return self.forwarder.stats().queued

@@ -164,8 +164,8 @@ async def test_a_killed_worker_s_share_is_taken_over_without_loss(
         assert set(receiver.delivered) == set(sent)  # and none lost
         assert queued_down(region, victim) == 0  # the dead worker's queue was taken over
         print(
-            f"killed {victim} after {delivered_at_kill}/{PACKETS} delivered; "
-            f"{survivor} took the source gateway over within {took_over:.1f} s"
+            f"killed {victim} after {delivered_at_kill}/{PACKETS} delivered; through "
+            f"{survivor} alone the source gateway's queue was empty {took_over:.1f} s later"
         )
     finally:
         beats.close()
