@@ -376,7 +376,9 @@ class RouterServer:
             self.counters["observed_invalid"] += 1
             return
         outbox = self._outboxes.get(gateway_id)
-        wanted = kind in OBSERVED_TYPES or (kind is PacketType.ACK and outbox is not None)
+        # An ack matters here only while this worker has packets out to that gateway.
+        releases = outbox is not None and outbox.in_flight > 0
+        wanted = kind in OBSERVED_TYPES or (kind is PacketType.ACK and releases)
         if not wanted:
             return
         try:
