@@ -104,7 +104,11 @@ def warm_up_seconds(nodes: int, interval: float) -> float:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="scripts/soak",
+        description="Soak run: simulated nodes against a gateway process, its memory "
+        "and queue depth sampled (issue #7 item 6).",
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="sending time (default 10)")
     parser.add_argument("--nodes", type=int, default=10_000, help="simulated nodes (10000)")
     parser.add_argument(
