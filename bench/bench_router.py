@@ -57,6 +57,7 @@ CHUNK = 1024
 PAIRS = 4
 PACKETS_PER_PAIR = 750
 RAW_MESSAGES = 4000
+RAW_WAIT_SECONDS = 20.0
 PAYLOAD = os.urandom(230)  # about a signed DATA packet
 OPEN_LIMITS = TokenLimits(
     bytes_in_per_second=100_000_000, bytes_out_per_second=100_000_000, packets_per_second=100_000
@@ -129,7 +130,7 @@ def ring_owner_ns(ring: HashRing, texts: list[str]) -> float:
 # -- forwarding through a region on NATS ---------------------------------------------------------
 
 
-def raw_qos1_rate(cluster: NatsCluster) -> float:
+def raw_qos1_rate(cluster: NatsCluster, suffix: str = "") -> float:
     """Messages per second, QoS 1, from a publisher on node 3 to a subscriber on node 1."""
     received = threading.Event()
     count = [0]
@@ -150,17 +151,17 @@ def raw_qos1_rate(cluster: NatsCluster) -> float:
         return made
 
     subscribed = threading.Event()
-    subscriber = client("bench-sub", cluster.nodes[0].mqtt_port)
+    subscriber = client(f"bench-sub{suffix}", cluster.nodes[0].mqtt_port)
     subscriber.on_message = on_message
     subscriber.on_subscribe = lambda *_: subscribed.set()
     subscriber.subscribe("bench/raw", 1)
     subscribed.wait(10)
-    publisher = client("bench-pub", cluster.nodes[2].mqtt_port)
+    publisher = client(f"bench-pub{suffix}", cluster.nodes[2].mqtt_port)
     time.sleep(0.5)
     started = time.perf_counter()
     for _ in range(RAW_MESSAGES):
         publisher.publish("bench/raw", PAYLOAD, qos=1)
-    finished = received.wait(60)
+    finished = received.wait(RAW_WAIT_SECONDS)
     elapsed = time.perf_counter() - started
     for made in (publisher, subscriber):
         made.disconnect()
@@ -168,6 +169,18 @@ def raw_qos1_rate(cluster: NatsCluster) -> float:
     if not finished:
         raise RuntimeError(f"only {count[0]} of {RAW_MESSAGES} raw messages arrived")
     return RAW_MESSAGES / elapsed
+
+
+def raw_anchor(cluster: NatsCluster, attempts: int = 3) -> float:
+    """The anchor, tried again when a run stalls: NATS 2.9's MQTT sometimes stops delivering
+    part of a QoS 1 burst between two nodes for longer than the run waits (seen in about one
+    run in three on this machine, with new client ids each time)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return raw_qos1_rate(cluster, suffix=str(attempt))
+        except RuntimeError as err:
+            print(f"raw QoS 1 anchor, attempt {attempt}: {err}")
+    raise RuntimeError("the raw QoS 1 anchor stalled in every attempt")
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float) -> None:
@@ -227,7 +240,7 @@ async def forwarding(directory: Path) -> None:
     cluster = NatsCluster(directory / "nats")
     cluster.start()
     try:
-        raw = raw_qos1_rate(cluster)
+        raw = raw_anchor(cluster)
         print(f"forwarding through a region on a 3-node NATS cluster ({os.cpu_count()} cores)")
         print(f"raw QoS 1 publish, node 3 -> node 1 (anchor): {raw:8.0f} messages/s")
         rates = {}
