@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import os
 from pathlib import Path
 import sqlite3
+import tempfile
 import threading
 import time
 
@@ -31,7 +32,7 @@ from i4t_gateway.workers import DEAD_AFTER_SECONDS, HEARTBEAT_FILTER, worker_dir
 
 from .bare_gateway import BareGateway
 from .gateway_harness import eventually
-from .nats_cluster import NatsCluster
+from .nats_cluster import NatsCluster, memory_folder, start_flowing_cluster
 from .router_harness import RouterProcess, issue, router_address
 
 # 600 by default; I4T_SCALEOUT_PACKETS=2000 (or more) for a longer stream. QoS 1 under NATS's
@@ -48,12 +49,12 @@ OPEN_LIMITS = TokenLimits(
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nats = NatsCluster(tmp_path / "nats")
-    try:
-        nats.start()
-        yield nats
-    finally:
-        nats.stop()
+    with tempfile.TemporaryDirectory(prefix="i4t-nats-", dir=memory_folder()) as store:
+        nats, _ = start_flowing_cluster(tmp_path / "nats", Path(store), messages=500)
+        try:
+            yield nats
+        finally:
+            nats.stop()
 
 
 class Heartbeats:
