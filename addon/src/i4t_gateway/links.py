@@ -380,9 +380,12 @@ class Forwarder:
     def _ack_refused(self, payload: bytes) -> None:
         """Ack an authentic packet that the replay window refuses: it will never be accepted,
         and unacked the router would send it again until it expires (a day)."""
+        packet = peek(payload)
+        if packet.type is PacketType.ACK:
+            return  # acks are not acked, and the router does not resend them
         # When the backlog is full the router sends it again, and it is acked then.
         with contextlib.suppress(asyncio.QueueFull):
-            self._inbound.put_nowait(peek(payload).message_id)
+            self._inbound.put_nowait(packet.message_id)
 
     def _wanted(self, packet: Packet) -> bool:
         return packet.dst == self.sender.me.address or self.serves(packet.dst)
