@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 from pathlib import Path
-import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from i4t_gateway.identity import Address, Identity, load_or_create_identity  # n
 from i4t_gateway.payloads import Data, Payload, Reading  # noqa: E402
 from i4t_gateway.server import CORE_STATE_KEY, DATABASE_FILE, KEY_FILE  # noqa: E402
 from i4t_gateway.store import open_store, set_meta  # noqa: E402
-from tests.gateway.brokers import Mosquitto, make_tls_certs  # noqa: E402
+from tests.gateway.brokers import Mosquitto, make_tls_certs, stop_process  # noqa: E402
 
 # The gateways and routers started here take only the options given to them: an I4T_* variable
 # of the shell (I4T_LAN_PEERS would advertise by multicast on the real network card) must not
@@ -209,13 +208,7 @@ class GatewayProcess:
         raise TimeoutError("the gateway did not settle")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=20)
 
 
 def _no_delay(client: mqtt.Client, userdata: object, sock: Any) -> None:

@@ -32,6 +32,7 @@ from i4t_gateway.identity import Address, Identity, load_or_create_identity
 from i4t_gateway.payloads import Ack, Payload
 from i4t_gateway.server import DATABASE_FILE, KEY_FILE
 from i4t_gateway.wire import peek
+from tests.gateway.brokers import stop_process
 
 _CONNECTED = re.compile(r"^(\S+ \S+) .*connected to MQTT broker (\S+)$")
 THING_DOWN_FILTER = "i4t/thing/+/down"
@@ -116,13 +117,7 @@ class GatewayProcess:
         """SIGTERM (a clean stop); its exit code."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=20)
         return self.process.returncode
 
     def log_text(self) -> str:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import os
 from pathlib import Path
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -20,7 +19,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .brokers import free_port, wait_for_port
+from .brokers import free_port, stop_process, wait_for_port
 
 NATS_CANDIDATES = ("nats-server", "/usr/bin/nats-server", "/usr/sbin/nats-server")
 CLUSTER_NAME = "i4t-region"
@@ -194,17 +193,6 @@ def _client(client_id: str, port: int) -> mqtt.Client:
     client.connect("127.0.0.1", port)
     client.loop_start()
     return client
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_until_mqtt_serves(port: int, deadline: float) -> None:

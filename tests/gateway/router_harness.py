@@ -21,10 +21,10 @@ from i4t_gateway.server import KEY_FILE as GATEWAY_KEY_FILE
 from i4t_gateway.settings import BrokerAddress, Settings
 from i4t_gateway.tokens import ROUTER_DATABASE_FILE, TokenLimits, open_token_book
 
-from .brokers import Mosquitto
+from .brokers import Mosquitto, stop_process
 from .gateway_harness import Harness, fast_settings, start_harness
 from .mqtt_probe import Probe
-from .nats_cluster import NatsNode, stop_process
+from .nats_cluster import NatsNode
 
 
 @dataclass
