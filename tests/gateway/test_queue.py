@@ -23,6 +23,7 @@ from i4t_gateway.queue import (
     QueueFullError,
     QueueLimits,
     RetryPolicy,
+    RoundTripTimer,
 )
 from i4t_gateway.store import open_store
 
@@ -195,10 +196,14 @@ async def test_outbox_window_retransmission_ack_and_link_restore(
     outbox.pump()
     assert sorted(link.sent) == [mid(0), mid(2), mid(3)]  # due: the first three, again
     assert outbox.counters.retransmitted == 3
-    t.now += 0.5
+    # mid(1)'s ack after 0.5 s was the first round trip: the hop's timeout is now 1.5 s
+    # (0.5 + 4 x 0.25, RFC 6298), so mid(4), sent at 0.5 s, is due at 2 s; the others, sent
+    # twice now, wait twice that.
+    assert outbox.round_trip.learned() == 1.5
+    t.now += 1.0
     link.sent.clear()
     outbox.pump()
-    assert link.sent == [mid(4)]  # sent 0.5 s later; the others now wait 2 s
+    assert link.sent == [mid(4)]
 
     link.up = False
     t.now += 100
@@ -217,6 +222,95 @@ async def test_outbox_window_retransmission_ack_and_link_restore(
     assert queue.depth(HOP)[0] == 5
     assert outbox.counters.acked == 5
     assert outbox.counters.forwarded == 9
+
+
+def test_round_trip_timer_learns_backs_off_and_recovers() -> None:
+    timer = RoundTripTimer(floor=1.0, ceiling=60.0)
+    assert timer.timeout() == 1.0  # nothing learned: the floor
+    timer.sample(3.0)
+    assert timer.learned() == 9.0  # first sample R: srtt R, rttvar R/2, timeout 3R
+    for _ in range(40):
+        timer.sample(3.0)
+    assert timer.learned() == pytest.approx(4.5)  # a steady hop: 1.5 x, the variance faded
+    for _ in range(40):
+        timer.sample(0.01)
+    assert timer.learned() == 1.0  # never below the floor
+
+    timer.expired(now=100.0)
+    assert timer.timeout() == 2.0
+    timer.expired(now=101.0)  # within the timeout that just doubled: the same outage
+    assert timer.timeout() == 2.0
+    timer.expired(now=102.0)
+    assert timer.timeout() == 4.0
+    assert timer.learned() == 1.0  # copies sent again double from the learned value
+    for step in range(20):
+        timer.expired(now=200.0 + 100 * step)
+    assert timer.timeout() == 60.0  # the ceiling
+    timer.sample(0.5)
+    assert timer.timeout() == 1.0  # a clean round trip ends the backing off
+
+
+async def test_outbox_over_a_slow_hop_stops_sending_everything_twice(
+    conn: sqlite3.Connection,
+) -> None:
+    """A hop that acks 3 s after each first send, against a first timeout of 1 s: the outbox
+    learns the round trip, and once it has, nothing is sent twice."""
+    t, link = FakeTime(), Link()
+    queue = PacketQueue(GroupCommit(conn, interval=0))
+    outbox = Outbox(
+        queue,
+        HOP,
+        link.send,
+        window=4,
+        retry=RetryPolicy(first=1.0, maximum=60.0, jitter=0.0),
+        clock=t.clock,
+        monotonic=t.monotonic,
+    )
+    await asyncio.gather(*(queue.put(HOP, mid(i), mid(i)) for i in range(60)))
+    first_sent: dict[bytes, float] = {}
+    sent_per_packet: dict[bytes, int] = {}
+    for _ in range(2000):  # 200 s of 0.1 s steps; bounded
+        outbox.pump()
+        for data in link.sent:
+            first_sent.setdefault(data, t.now)
+            sent_per_packet[data] = sent_per_packet.get(data, 0) + 1
+        link.sent.clear()
+        for data, at in first_sent.items():
+            if t.now - at >= 3.0:
+                outbox.acked(data)
+        if outbox.counters.acked == 60:
+            break
+        t.now += 0.1
+    assert outbox.counters.acked == 60
+    assert sent_per_packet[mid(0)] > 1  # the first ones were sent again: nothing was known
+    assert all(sent_per_packet[mid(i)] == 1 for i in range(30, 60))
+    assert outbox.round_trip.learned() >= 4.5  # 1.5 x the round trip
+
+
+async def test_outbox_learns_nothing_from_a_copy_sent_twice_nor_backs_off_after_a_reconnect(
+    conn: sqlite3.Connection,
+) -> None:
+    t, link = FakeTime(), Link()
+    queue = PacketQueue(GroupCommit(conn, interval=0))
+    outbox = Outbox(
+        queue,
+        HOP,
+        link.send,
+        retry=RetryPolicy(first=1.0, maximum=60.0, jitter=0.0),
+        clock=t.clock,
+        monotonic=t.monotonic,
+    )
+    await asyncio.gather(queue.put(HOP, mid(1), b"a"), queue.put(HOP, mid(2), b"b"))
+    outbox.pump()
+    outbox.link_restored()  # both due at once, and sent again, but no timer ran out
+    outbox.pump()
+    assert outbox.counters.retransmitted == 2
+    assert outbox.round_trip.timeout() == 1.0
+    t.now += 5.0
+    outbox.acked(mid(1))  # sent twice: which send does this ack answer? (Karn's rule)
+    assert outbox.round_trip.srtt is None
+    outbox.pump()  # mid(2)'s timer ran out: now the hop backs off
+    assert outbox.round_trip.timeout() == 2.0
 
 
 async def test_outbox_drops_expired_packets_and_counts_them(conn: sqlite3.Connection) -> None:

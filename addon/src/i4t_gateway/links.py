@@ -58,6 +58,10 @@ DEFAULT_RATE_PER_SECOND: Final = 10.0
 DEFAULT_BURST: Final = 50.0
 DEFAULT_RATE_SOURCES: Final = 16_384
 DEFAULT_INBOUND_BACKLOG: Final = 1024
+ACK_QOS: Final = 0
+"""Acks go at QoS 0 both ways. An ack is idempotent and a lost one costs only a retransmission
+(acked again as a duplicate), so the broker's own acknowledgement buys nothing; and a fabric
+that stores every QoS 1 message (NATS's MQTT, through JetStream) does half the work per packet."""
 NEVER_ACCEPTED: Final = frozenset({Reason.REPLAYED, Reason.STALE})
 """Refusals of an authentic packet (raised after its signature checked out) that no
 retransmission can change; a FUTURE timestamp may become acceptable, so it is not acked."""
@@ -449,7 +453,7 @@ class Forwarder:
         for start in range(0, len(message_ids), MAX_ACKS):
             chunk = message_ids[start : start + MAX_ACKS]
             ack = self.sender.ack(self.link.router, chunk)
-            if self.bus.publish(self.up, ack, qos=1):
+            if self.bus.publish(self.up, ack, qos=ACK_QOS):
                 self.counters.acks_sent += 1
 
     # -- state -------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ design; in short:
   (:class:`QueueFullError`, which the local sender can surface); a stored packet is never
   dropped to make room.
 * :class:`Outbox` sends one hop's packets over any transport: an in-flight window, and per
-  packet retransmission with exponential backoff and jitter until the ack arrives.
+  packet retransmission with exponential backoff and jitter until the ack arrives, starting
+  from a timeout learned from the hop's round trips (:class:`RoundTripTimer`).
 * :class:`PersistentDedup` is the receiver's de-duplication set (``replay.DedupCache``) backed
   by a table, so a packet retransmitted across a restart is acked again but delivered once.
 
@@ -356,10 +357,68 @@ class RetryPolicy:
     maximum: float = DEFAULT_RETRY_MAX
     jitter: float = DEFAULT_RETRY_JITTER
 
-    def delay(self, attempts: int) -> float:
-        """Seconds to wait for an ack after the ``attempts``-th send (1 = the first send)."""
-        base = min(self.first * (1 << min(max(attempts - 1, 0), 32)), self.maximum)
+    def delay(self, attempts: int, first: float | None = None) -> float:
+        """Seconds to wait for an ack after the ``attempts``-th send (1 = the first send);
+        ``first`` replaces the policy's first delay (a hop's learned timeout)."""
+        start = self.first if first is None else first
+        base = min(start * (1 << min(max(attempts - 1, 0), 32)), self.maximum)
         return base * random.uniform(1 - self.jitter, 1 + self.jitter)  # noqa: S311 - jitter
+
+
+_MAX_BACKOFF: Final = 64
+_RTT_GAIN: Final = 0.125  # RFC 6298: alpha 1/8, beta 1/4, K 4
+_RTTVAR_GAIN: Final = 0.25
+_RTTVAR_FACTOR: Final = 4.0
+_MIN_MARGIN: Final = 0.5
+"""The timeout is at least 1.5 x the smoothed round trip: on a steady hop the variance fades
+to nothing, and a timeout at the average would send every slower than average packet twice."""
+
+
+@dataclass(slots=True)
+class RoundTripTimer:
+    """A hop's retransmission timeout, learned from its acks (RFC 6298, with Karn's rule).
+
+    A fixed first timeout sends every packet twice over a hop slower than that timeout (a busy
+    fabric, a congested uplink), and the copies slow the hop further until it carries little
+    else. So the first wait follows the smoothed round trip of packets acked after their only
+    send, never below ``floor``; and since a hop on which every packet is sent twice yields no
+    such sample, each timeout that fires doubles the wait (once per period) until one arrives.
+    """
+
+    floor: float
+    ceiling: float
+    srtt: float | None = None
+    rttvar: float = 0.0
+    backoff: int = 1
+    _backed_off_at: float = float("-inf")
+
+    def learned(self) -> float:
+        """The hop's timeout from its round trips, without backing off."""
+        if self.srtt is None:
+            return self.floor
+        margin = max(_RTTVAR_FACTOR * self.rttvar, _MIN_MARGIN * self.srtt)
+        return min(max(self.floor, self.srtt + margin), self.ceiling)
+
+    def timeout(self) -> float:
+        """Seconds to wait for the ack of a packet's first send. A copy sent again doubles its
+        own wait from :meth:`learned` (``RetryPolicy``); the backing off here is only there
+        to let a first send be acked before its timer runs out."""
+        return min(self.learned() * self.backoff, self.ceiling)
+
+    def sample(self, seconds: float) -> None:
+        """The round trip of a packet acked after one send."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar += _RTTVAR_GAIN * (abs(self.srtt - seconds) - self.rttvar)
+            self.srtt += _RTT_GAIN * (seconds - self.srtt)
+        self.backoff = 1
+
+    def expired(self, now: float) -> None:
+        """A packet's wait ran out: back off, at most once per timeout."""
+        if now - self._backed_off_at >= self.timeout():
+            self._backed_off_at = now
+            self.backoff = min(self.backoff * 2, _MAX_BACKOFF)
 
 
 @dataclass(slots=True)
@@ -367,6 +426,8 @@ class _InFlight:
     packet: QueuedPacket
     attempts: int = 0
     due: float = 0.0
+    sent_at: float = 0.0
+    forced: bool = False  # due now because the link came back, not because its wait ran out
 
 
 @dataclass(slots=True)
@@ -404,6 +465,7 @@ class Outbox:
     clock: Clock = wall_clock_ms
     monotonic: Callable[[], float] = time.monotonic
     counters: OutboxCounters = field(default_factory=OutboxCounters, init=False)
+    round_trip: RoundTripTimer = field(init=False)
     _in_flight: dict[bytes, _InFlight] = field(default_factory=dict, init=False)
     _cursor: int = field(default=0, init=False)
     _maybe_more: bool = field(default=True, init=False)
@@ -412,6 +474,7 @@ class Outbox:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError("the window must be at least 1")
+        self.round_trip = RoundTripTimer(self.retry.first, self.retry.maximum)
         self.queue.on_committed(self.hop, self._on_new_packets)
 
     @property
@@ -427,6 +490,7 @@ class Outbox:
         now = self.monotonic()
         for entry in self._in_flight.values():
             entry.due = now
+            entry.forced = True
         self._wake.set()
 
     def acked(self, message_id: bytes) -> bool:
@@ -436,6 +500,8 @@ class Outbox:
             self.counters.unknown_acks += 1
             return False
         self.counters.acked += 1
+        if entry.attempts == 1:  # Karn: the ack of a copy sent twice times neither send
+            self.round_trip.sample(self.monotonic() - entry.sent_at)
         self.queue.remove(entry.packet)
         self._wake.set()  # a window slot is free
         return True
@@ -457,6 +523,8 @@ class Outbox:
                 del self._in_flight[message_id]
                 self._expire(entry.packet)
                 continue
+            if entry.attempts and not entry.forced:
+                self.round_trip.expired(now)
             if not self._transmit(entry, now):
                 return False
         return True
@@ -493,7 +561,10 @@ class Outbox:
         else:
             self.counters.forwarded += 1
         entry.attempts += 1
-        entry.due = now + self.retry.delay(entry.attempts)
+        entry.sent_at = now
+        entry.forced = False
+        first = self.round_trip.timeout() if entry.attempts == 1 else self.round_trip.learned()
+        entry.due = now + self.retry.delay(entry.attempts, first)
         return True
 
     def _expired(self, packet: QueuedPacket) -> bool:

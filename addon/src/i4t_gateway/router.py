@@ -39,7 +39,7 @@ from .cose import PacketError, Reason
 from .dynsec import DynsecAdmin
 from .endpoint import Inbound, Receiver, Sender
 from .identity import Address, AddressError, load_or_create_identity
-from .links import UP_TOPIC_PREFIX, Forwarder, RateLimit, RouterLink, down_topic
+from .links import ACK_QOS, UP_TOPIC_PREFIX, Forwarder, RateLimit, RouterLink, down_topic
 from .names import is_valid_name
 from .payloads import (
     MAX_ACKS,
@@ -482,7 +482,7 @@ class RouterServer:
             gateway = Address.from_text(gateway_id)
             for start in range(0, len(message_ids), MAX_ACKS):
                 ack = self.sender.ack(gateway, message_ids[start : start + MAX_ACKS])
-                if self.bus.publish(down_topic(gateway_id), ack, qos=1):
+                if self.bus.publish(down_topic(gateway_id), ack, qos=ACK_QOS):
                     self.counters["acks_sent"] += 1
                     self.accounting.of(gateway_id).bytes_out += len(ack)
 
