@@ -250,22 +250,25 @@ def test_round_trip_timer_learns_backs_off_and_recovers() -> None:
     assert timer.timeout() == 1.0  # a clean round trip ends the backing off
 
 
+def steady_outbox(
+    conn: sqlite3.Connection, t: FakeTime, link: Link, window: int = 64
+) -> tuple[PacketQueue, Outbox]:
+    """An outbox on fake time with the default schedule, without jitter."""
+    queue = PacketQueue(GroupCommit(conn, interval=0))
+    retry = RetryPolicy(first=1.0, maximum=60.0, jitter=0.0)
+    outbox = Outbox(
+        queue, HOP, link.send, window=window, retry=retry, clock=t.clock, monotonic=t.monotonic
+    )
+    return queue, outbox
+
+
 async def test_outbox_over_a_slow_hop_stops_sending_everything_twice(
     conn: sqlite3.Connection,
 ) -> None:
     """A hop that acks 3 s after each first send, against a first timeout of 1 s: the outbox
     learns the round trip, and once it has, nothing is sent twice."""
     t, link = FakeTime(), Link()
-    queue = PacketQueue(GroupCommit(conn, interval=0))
-    outbox = Outbox(
-        queue,
-        HOP,
-        link.send,
-        window=4,
-        retry=RetryPolicy(first=1.0, maximum=60.0, jitter=0.0),
-        clock=t.clock,
-        monotonic=t.monotonic,
-    )
+    queue, outbox = steady_outbox(conn, t, link, window=4)
     await asyncio.gather(*(queue.put(HOP, mid(i), mid(i)) for i in range(60)))
     first_sent: dict[bytes, float] = {}
     sent_per_packet: dict[bytes, int] = {}
@@ -291,15 +294,7 @@ async def test_outbox_learns_nothing_from_a_copy_sent_twice_nor_backs_off_after_
     conn: sqlite3.Connection,
 ) -> None:
     t, link = FakeTime(), Link()
-    queue = PacketQueue(GroupCommit(conn, interval=0))
-    outbox = Outbox(
-        queue,
-        HOP,
-        link.send,
-        retry=RetryPolicy(first=1.0, maximum=60.0, jitter=0.0),
-        clock=t.clock,
-        monotonic=t.monotonic,
-    )
+    queue, outbox = steady_outbox(conn, t, link)
     await asyncio.gather(queue.put(HOP, mid(1), b"a"), queue.put(HOP, mid(2), b"b"))
     outbox.pump()
     outbox.link_restored()  # both due at once, and sent again, but no timer ran out
