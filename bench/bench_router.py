@@ -141,7 +141,7 @@ async def forwarding_rate(cluster: NatsCluster, directory: Path, workers: int) -
     router = router_address(region)
     names = [f"w{index + 1}" for index in range(workers)]
     processes = [
-        RouterProcess(region, cluster.nodes[index % 2], extra_args=("--worker", name))
+        RouterProcess(region, cluster.client_nodes[index % 2], extra_args=("--worker", name))
         for index, name in enumerate(names)
     ]
     gateways = []
@@ -150,7 +150,7 @@ async def forwarding_rate(cluster: NatsCluster, directory: Path, workers: int) -
         gateways.append(
             BareGateway(
                 directory / f"gw-{workers}-{index}",
-                cluster.nodes[index % 3].mqtt_port,
+                cluster.client_nodes[index % 2].mqtt_port,
                 issue(region, identity.address, OPEN_LIMITS),
                 router,
                 mqtt5=False,
@@ -187,7 +187,7 @@ async def forwarding(directory: Path, fabric_store: Path) -> None:
     # then do not depend on what the disk is writing back from the benchmarks before.
     print(f"forwarding through a region on a 3-node NATS cluster ({os.cpu_count()} cores)")
     print("each run on a cluster of its own, next to that cluster's raw QoS 1 rate")
-    print("(publisher on node 3, subscriber on node 1)")
+    print("(workers, gateways and the raw burst on the two nodes not leading the QoS 1 stream)")
     rates = {}
     for workers in (1, 2):
         label = f"{workers}w"
