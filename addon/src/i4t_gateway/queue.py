@@ -555,6 +555,7 @@ class Outbox:
         if not self.send(entry.packet.data):
             self.counters.send_failures += 1
             entry.due = now + _SEND_RETRY_SECONDS
+            entry.forced = True  # due again because the transport refused it, not a timeout
             return False
         if entry.attempts:
             self.counters.retransmitted += 1
