@@ -203,6 +203,47 @@ async def test_admission_relay_rule_loops_duplicates_and_hop_limits(
         other.close()
 
 
+async def test_a_packet_for_a_thing_that_moved_follows_it_to_its_new_gateway(
+    router: RouterServer, broker: Mosquitto, tmp_path: Path
+) -> None:
+    old, new, sender = (HandGateway(broker.port, seed) for seed in (81, 82, 83))
+    thing = Identity.from_seed(bytes([84]) * 32)
+    try:
+        for gateway in (old, new, sender):
+            issue(tmp_path / "router", gateway.address)
+        # The old gateway holds the thing for a moment only; its claim then lapses.
+        brief = old.sender.packet(
+            router.identity.address,
+            Announce((old.address, thing.address), wall_clock_ms() + 1500),
+        )
+        await repeat_until(
+            lambda: old.publish(old.sender.seal(brief)),
+            lambda: router.region.gateway_for(thing.address) == old.address.text,
+        )
+        packet = sender.sender.packet(thing.address, Command("x"))
+        sender.publish(sender.sender.seal(packet))
+        await eventually(lambda: packet.message_id in old.delivered())  # and never acked there
+        await eventually(lambda: router.region.gateway_for(thing.address) is None, seconds=5)
+        assert router.counters["redirected"] == 0  # nobody else holds it: the old one may again
+
+        moved = new.sender.packet(
+            router.identity.address, Announce((new.address, thing.address), 2**50)
+        )
+        new.publish(new.sender.seal(moved))
+        await eventually(lambda: router.region.gateway_for(thing.address) == new.address.text)
+        # At the old gateway's next retransmission the packet goes to the new holder instead.
+        await eventually(lambda: packet.message_id in new.delivered(), seconds=10)
+        assert router.counters["redirected"] == 1
+        new.publish(new.sender.ack(router.identity.address, [packet.message_id]))
+        await eventually(lambda: not router.queue.hops())  # nothing left for either gateway
+        copies_at_old = old.delivered().count(packet.message_id)
+        await asyncio.sleep(2.5)  # past another retransmission: the old gateway gets no more
+        assert old.delivered().count(packet.message_id) == copies_at_old
+    finally:
+        for gateway in (old, new, sender):
+            gateway.close()
+
+
 async def test_rate_limits_and_usage(
     router: RouterServer, broker: Mosquitto, tmp_path: Path
 ) -> None:

@@ -439,10 +439,14 @@ class OutboxCounters:
     duplicates: int = 0
     unknown_acks: int = 0
     send_failures: int = 0
+    redirected: int = 0
 
 
 Send = Callable[[bytes], bool]
 """Hands bytes to the transport; False when it cannot take them now (link down)."""
+Redirect = Callable[["QueuedPacket"], bool]
+"""Offered a packet about to be sent again: True when it was queued for another hop instead
+(this hop then forgets it), False to keep trying this hop."""
 
 
 @dataclass
@@ -459,6 +463,7 @@ class Outbox:
     hop: str
     send: Send
     link_up: Callable[[], bool] = lambda: True
+    redirect: Redirect | None = None
     window: int = DEFAULT_WINDOW
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_age_ms: int = DEFAULT_QUEUE_MAX_AGE_MS
@@ -522,6 +527,12 @@ class Outbox:
             if self._expired(entry.packet):
                 del self._in_flight[message_id]
                 self._expire(entry.packet)
+                continue
+            if entry.attempts and self.redirect is not None and self.redirect(entry.packet):
+                del self._in_flight[message_id]
+                self.counters.redirected += 1
+                self.queue.remove(entry.packet)
+                self._wake.set()  # its slot in the window is free
                 continue
             if entry.attempts and not entry.forced:
                 self.round_trip.expired(now)

@@ -53,7 +53,16 @@ from .payloads import (
     Payload,
 )
 from .provisioning import ADMIN_CLIENT_PREFIX, BrokerProvisioning, admin_address
-from .queue import ForwardError, GroupCommit, Outbox, PacketQueue, PersistentDedup, QueueError
+from .queue import (
+    ForwardError,
+    GroupCommit,
+    Outbox,
+    PacketQueue,
+    PersistentDedup,
+    QueuedPacket,
+    QueueError,
+    QueueFullError,
+)
 from .registry import NameRefusedError, NameRegistry, RegionTable
 from .settings import Settings
 from .store import get_meta, set_meta
@@ -529,11 +538,32 @@ class RouterServer:
                 DOWN_HOP_PREFIX + gateway_id,
                 functools.partial(self._send_down, gateway_id, gateway),
                 link_up=lambda: self.bus.connected,
+                redirect=functools.partial(self._redirect, gateway_id),
             )
             self._outboxes[gateway_id] = outbox
             if self._running:
                 self._run_outbox(gateway_id, outbox)
         return outbox
+
+    def _redirect(self, gateway_id: str, queued: QueuedPacket) -> bool:
+        """A packet still unacked by a gateway that no longer holds its destination (the thing
+        moved to another gateway of the region, whose claim replaced the lapsed one): queued
+        for the new holder instead. The old gateway drops it as ``unasked`` and never acks it,
+        so without this it would hold a slot of that gateway's window until it expired."""
+        try:
+            destination = peek(queued.data).dst
+        except PacketError:
+            return False
+        holder = self.region.gateway_for(destination)
+        if holder is None or holder == gateway_id:
+            return False  # nobody else holds it (yet): the old gateway may announce it again
+        try:
+            self.queue.put(DOWN_HOP_PREFIX + holder, queued.message_id, queued.data)
+        except QueueFullError:
+            return False
+        self._outbox(holder)
+        self.counters["redirected"] += 1
+        return True
 
     def _send_down(self, gateway_id: str, gateway: Address, data: bytes) -> bool:
         admission = self.tokens.admission(gateway)
