@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import os
 from pathlib import Path
 import signal
@@ -251,15 +251,52 @@ def test_round_trip_timer_learns_backs_off_and_recovers() -> None:
 
 
 def steady_outbox(
-    conn: sqlite3.Connection, t: FakeTime, link: Link, window: int = 64
+    conn: sqlite3.Connection,
+    t: FakeTime,
+    link: Link,
+    window: int = 64,
+    redirect: Callable[[QueuedPacket], bool] | None = None,
 ) -> tuple[PacketQueue, Outbox]:
     """An outbox on fake time with the default schedule, without jitter."""
     queue = PacketQueue(GroupCommit(conn, interval=0))
     retry = RetryPolicy(first=1.0, maximum=60.0, jitter=0.0)
     outbox = Outbox(
-        queue, HOP, link.send, window=window, retry=retry, clock=t.clock, monotonic=t.monotonic
+        queue,
+        HOP,
+        link.send,
+        redirect=redirect,
+        window=window,
+        retry=retry,
+        clock=t.clock,
+        monotonic=t.monotonic,
     )
     return queue, outbox
+
+
+async def test_outbox_hands_a_packet_due_again_to_its_redirect(conn: sqlite3.Connection) -> None:
+    t, link = FakeTime(), Link()
+    taken: list[bytes] = []
+
+    def redirect(packet: QueuedPacket) -> bool:
+        if packet.data != b"moved":
+            return False
+        taken.append(packet.message_id)
+        return True
+
+    queue, outbox = steady_outbox(conn, t, link, window=2, redirect=redirect)
+    for n, data in enumerate((b"moved", b"stays", b"next")):
+        await queue.put(HOP, mid(n), data)
+    outbox.pump()
+    assert link.sent == [b"moved", b"stays"]
+    assert not taken  # a first send is never offered
+    t.now += 1.0
+    link.sent.clear()
+    outbox.pump()
+    assert taken == [mid(0)]  # offered when due again, and gone from this hop
+    assert link.sent == [b"stays", b"next"]  # its window slot went to the next packet
+    assert outbox.counters.redirected == 1
+    await queue.commits.committed()
+    assert queue.depth(HOP)[0] == 2
 
 
 async def test_outbox_over_a_slow_hop_stops_sending_everything_twice(
