@@ -72,6 +72,7 @@ def test_every_option() -> None:
             "upstream_url": "mqtts://router.example:8883",
             "upstream_router_id": ROUTER_ID,
             "upstream_token": "tok",
+            "lan_allowed_peers": [f" {ROUTER_ID} "],
             "mqtt_devices": [
                 {"id": "plug", "template": "tasmota", "topic": "plug"},
                 {
@@ -93,6 +94,9 @@ def test_every_option() -> None:
     assert [d.local_id for d in options.mqtt_devices] == ["plug", "ht"]
     assert options.mqtt_devices[1].name == "H&T"
     assert len(options.mqtt_devices[1].states) == 2
+    assert options.lan_allowed_peers == (ROUTER_ID,)
+    settings = settings_from_addon(options, MqttService("core-mosquitto", 1883), Path("/data"))
+    assert settings.lan_allow == (ROUTER_ID,)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,8 @@ def test_every_option() -> None:
         ({**UPSTREAM, "upstream_url": ""}, "missing: upstream_url$"),
         ({**UPSTREAM, "upstream_url": 5}, "upstream_url must be a text"),
         ({**UPSTREAM, "upstream_token": 5}, "upstream_token must be a text"),
+        ({"lan_allowed_peers": "i4ta"}, "lan_allowed_peers must be a list"),
+        ({"lan_allowed_peers": ["router-1"]}, "not a gateway's I4T address"),
         ({"mqtt_devices": {}}, "must be a list"),
         ({"mqtt_devices": ["plug"]}, "device 1"),
         ({"mqtt_devices": [{"id": "p", "template": "tasmota"}]}, "topic"),

@@ -20,12 +20,15 @@ import sys
 import pytest
 
 from i4t_gateway.core import BridgeHooks, GatewayCore
-from i4t_gateway.endpoint import Receiver, Sender
+from i4t_gateway.endpoint import Inbound, Receiver, Sender
 from i4t_gateway.identity import Address, Identity
+from i4t_gateway.lan_discovery import PeerEndpoint
 from i4t_gateway.links import UPLINK_HOP
 from i4t_gateway.payloads import Ack, Announce, Command, PacketType
-from i4t_gateway.peers import FRAME_HEADER, MAX_FRAME, frame, peer_hop
+from i4t_gateway.peers import FRAME_HEADER, MAX_FRAME, PeerConfig, PeerNetwork, frame, peer_hop
+from i4t_gateway.queue import GroupCommit, PacketQueue, PersistentDedup
 from i4t_gateway.server import GatewayServer
+from i4t_gateway.store import open_store
 from i4t_gateway.things import Thing, ThingKind
 from i4t_gateway.wire import open_packet
 
@@ -387,3 +390,53 @@ def test_packets_for_proxied_things_are_taken_by_kind() -> None:
     assert written.dst == beacon.address  # the signed packet itself, hop limit one lower
     assert core.counters.delivered_down == 1
     assert core.counters.dropped["takes_no_packets"] == 2
+
+
+# -- the allow-list (no multicast: found() is called as zeroconf would, frames over loopback) --
+
+
+async def test_only_allowed_gateways_are_linked_to_or_bound(tmp_path: Path) -> None:
+    me, friend, stranger = Identity.generate(), Identity.generate(), Identity.generate()
+    commits = GroupCommit(open_store(tmp_path / "gateway.db"))
+
+    async def deliver(inbound: Inbound) -> None:
+        return None
+
+    network = PeerNetwork(
+        sender=Sender(me),
+        receiver=Receiver(me, dedup=PersistentDedup(commits)),
+        queue=PacketQueue(commits),
+        deliver=deliver,
+        serves=lambda address: address == me.address,
+        served=lambda: frozenset({me.address}),
+        protected=lambda address: address == me.address,
+        reroute=lambda message_id, data: False,
+        config=PeerConfig(host="127.0.0.1", allowed=frozenset({friend.address})),
+    )
+    port = await network.start()
+    try:
+        network.found(PeerEndpoint(stranger.address, "127.0.0.1", free_port()))
+        assert network.stats()["peers"] == []  # no link to a gateway outside the list
+        assert network.dropped["peer_not_allowed"] == 1
+
+        claimed = Identity.generate().address  # a thing of mine that is away, say
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        intruder = Sender(stranger)
+        claims = Announce((stranger.address, claimed), 2**41)
+        writer.write(frame(intruder.seal(intruder.packet(me.address, claims))))
+        # Its connection stays unbound, so what it sends next is not taken either.
+        writer.write(frame(intruder.seal(intruder.packet(me.address, Command("x")))))
+        await writer.drain()
+        await eventually(lambda: network.dropped["before_announce"] == 1)
+        assert network.dropped["peer_not_allowed"] == 2
+        assert network.table.gateway_for(claimed) is None
+        writer.close()
+
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        ally = Sender(friend)
+        writer.write(frame(ally.seal(ally.packet(me.address, Announce((friend.address,), 2**41)))))
+        await writer.drain()
+        await eventually(lambda: network.table.gateway_for(friend.address) == friend.address.text)
+        writer.close()
+    finally:
+        await network.stop()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from i4t_gateway.identity import Identity
 from i4t_gateway.settings import BrokerAddress, SettingsError, settings_from_args
 
 
@@ -34,3 +35,12 @@ def test_no_broker_means_embedded(tmp_path: Path) -> None:
 def test_embedded_port_out_of_range(tmp_path: Path) -> None:
     with pytest.raises(SettingsError):
         settings_from_args(["--data-dir", str(tmp_path), "--embedded-port", "0"])
+
+
+def test_lan_allow_takes_gateway_addresses(tmp_path: Path) -> None:
+    friend = Identity.generate().address.text
+    base = ["--data-dir", str(tmp_path), "--lan-peers", "--lan-allow", friend]
+    assert settings_from_args(base).lan_allow == (friend,)
+    assert settings_from_args(["--data-dir", str(tmp_path)]).lan_allow == ()
+    with pytest.raises(SettingsError, match="lan-allow"):
+        settings_from_args([*base, "--lan-allow", "kitchen-hub"])

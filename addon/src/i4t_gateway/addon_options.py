@@ -56,6 +56,7 @@ class AddonOptions:
     upstream: UpstreamOptions | None = None
     mqtt_devices: tuple[MqttDeviceDefinition, ...] = ()
     lan_peers: bool = True
+    lan_allowed_peers: tuple[str, ...] = ()
 
 
 def options_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -97,10 +98,24 @@ def parse_options(raw: Mapping[str, Any]) -> AddonOptions:
     return AddonOptions(
         name=name.strip(),
         lan_peers=lan_peers,
+        lan_allowed_peers=_allowed_peers(raw.get("lan_allowed_peers", [])),
         log_level=str(log_level),
         upstream=_upstream(raw),
         mqtt_devices=_mqtt_devices(raw.get("mqtt_devices", [])),
     )
+
+
+def _allowed_peers(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise SettingsError("option lan_allowed_peers must be a list of gateway addresses")
+    for address in raw:
+        try:
+            Address.from_text(str(address).strip())
+        except AddressError:
+            raise SettingsError(
+                f"option lan_allowed_peers: {address!r} is not a gateway's I4T address"
+            ) from None
+    return tuple(str(address).strip() for address in raw)
 
 
 def _upstream(raw: Mapping[str, Any]) -> UpstreamOptions | None:
@@ -179,6 +194,7 @@ def settings_from_addon(
         log_level=options.log_level,
         mqtt_devices=tuple(options.mqtt_devices),
         lan_peers=options.lan_peers,
+        lan_allow=options.lan_allowed_peers,
         **_upstream_settings(options),
     )
 

@@ -110,6 +110,11 @@ class PeerConfig:
     grace: float = DEFAULT_GRACE_SECONDS
     announce_seconds: float = 300.0
     retry: RetryPolicy = PEER_RETRY
+    allowed: frozenset[Address] = frozenset()
+    """The gateways this one peers with; empty: any gateway on the LAN. Every packet is
+    checked either way; the list decides whose claims of addresses count, which matters on a
+    LAN shared with others (a house of flats, a hackerspace): whoever peers may claim a thing
+    nobody on the LAN holds yet and draw its traffic away from the router."""
 
 
 class _PeerLink:
@@ -297,8 +302,14 @@ class PeerNetwork:
 
     # -- peers coming and going --------------------------------------------------------------
 
+    def allows(self, gateway: Address) -> bool:
+        return not self.config.allowed or gateway in self.config.allowed
+
     def found(self, endpoint: PeerEndpoint) -> None:
         """zeroconf resolved a peer: link to it (again, or at its new place)."""
+        if not self.allows(endpoint.gateway):
+            self.dropped["peer_not_allowed"] += 1
+            return
         link = self._links.get(endpoint.gateway)
         if link is not None and link.endpoint == endpoint:
             return
@@ -406,6 +417,9 @@ class PeerNetwork:
             return bound
         if bound is not None and packet.src != bound:
             self.dropped["announce_other_peer"] += 1
+            return bound
+        if not self.allows(packet.src):
+            self.dropped["peer_not_allowed"] += 1  # its connection stays unbound: taken nothing
             return bound
         result = self.table.announce(
             packet.src,

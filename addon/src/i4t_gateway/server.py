@@ -179,6 +179,7 @@ class GatewayServer:
                 port=settings.lan_port,
                 grace=settings.lan_grace_seconds,
                 announce_seconds=settings.announce_seconds,
+                allowed=frozenset(Address.from_text(a) for a in settings.lan_allow),
             ),
         )
 

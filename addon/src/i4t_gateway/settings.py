@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from .identity import Address, AddressError
+
 if TYPE_CHECKING:
     from .mqtt_devices import MqttDeviceDefinition
 
@@ -100,6 +102,8 @@ class Settings:
     lan_peers: bool = False
     lan_port: int = 0
     lan_grace_seconds: float = DEFAULT_LAN_GRACE_SECONDS
+    lan_allow: tuple[str, ...] = ()
+    """LAN peers this gateway links to and takes from (gateway addresses); empty: any."""
     # Router role: what running the router costs its operator per month, for the cost per
     # thing-month it publishes (docs/ROUTER.md, accounting).
     monthly_cost: float = 0.0
@@ -277,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
         "how long a LAN peer may be unreachable before its queued packets go to the router",
     )
     parser.add_argument(
+        "--lan-allow",
+        action="append",
+        metavar="ADDRESS",
+        default=[a for a in env("I4T_LAN_ALLOW", "").replace(",", " ").split() if a],
+        help="take LAN peering only with this gateway (its I4T address); repeat for several; "
+        "without it any gateway on the LAN may peer (env I4T_LAN_ALLOW, comma-separated)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=env("I4T_LOG_LEVEL", "info"),
@@ -302,6 +314,11 @@ def _seconds_or_factor(
 def _check_lan(args: argparse.Namespace) -> None:
     if not 0 <= args.lan_port < 65536 or not args.lan_grace_seconds > 0:
         raise SettingsError("--lan-port must be 0-65535, --lan-grace-seconds positive")
+    for address in args.lan_allow:
+        try:
+            Address.from_text(address)
+        except AddressError:
+            raise SettingsError(f"--lan-allow needs a gateway's I4T address: {address!r}") from None
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
@@ -362,6 +379,7 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         lan_peers=args.lan_peers,
         lan_port=args.lan_port,
         lan_grace_seconds=args.lan_grace_seconds,
+        lan_allow=tuple(args.lan_allow),
         monthly_cost=args.monthly_cost,
         currency=args.currency,
         dynsec_admin_user=args.dynsec_admin,
