@@ -27,7 +27,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .brokers import free_port, stop_process
+from .brokers import free_port, free_ports, stop_process
 
 NATS_CANDIDATES = ("nats-server", "/usr/bin/nats-server", "/usr/sbin/nats-server")
 CLUSTER_NAME = "i4t-region"
@@ -118,8 +118,17 @@ class NatsCluster:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.nodes:
+            ports = iter(free_ports(4 * 3))
             self.nodes = [
-                NatsNode(f"n{index}", self.workdir, store_root=self.store_root)
+                NatsNode(
+                    f"n{index}",
+                    self.workdir,
+                    client_port=next(ports),
+                    cluster_port=next(ports),
+                    mqtt_port=next(ports),
+                    monitor_port=next(ports),
+                    store_root=self.store_root,
+                )
                 for index in (1, 2, 3)
             ]
 
