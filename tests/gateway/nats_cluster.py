@@ -208,11 +208,18 @@ def start_flowing_cluster(
 
     Clients on the client nodes avoid the stall this module's docstring describes; were a
     cluster slow anyway (it was, before the stall was understood: about one start in two), it
-    is replaced rather than measured."""
+    is replaced rather than measured, and so is one that did not come up (its nodes stopped,
+    not left running)."""
     for attempt in range(1, attempts + 1):
         cluster = NatsCluster(workdir / f"try-{attempt}", store_root=store_root / f"{attempt}")
-        cluster.start()
-        rate = qos1_rate(cluster, messages)
+        try:
+            cluster.start()
+            rate = qos1_rate(cluster, messages)
+        except (RuntimeError, OSError):
+            cluster.stop()
+            if attempt == attempts:
+                raise
+            continue
         if rate is not None:
             return cluster, rate
         cluster.stop()
