@@ -13,10 +13,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 import urllib.error
 import urllib.parse
 import urllib.request
+
+if TYPE_CHECKING:
+    from i4t_gateway.identity import Address
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -451,22 +454,38 @@ def write_region_broker_config(options: Options) -> Path:
 
 def uplink_arguments(options: Options) -> tuple[list[str], dict[str, str]]:
     """The gateway's arguments and environment for its uplink to the development router:
-    the router's operator issues the gateway a token (as `i4t-gateway token issue` does)."""
+    the router's operator gives the gateway a token (as `i4t-gateway token issue` does)."""
     if options.router_port is None:
         return [], {}
     # Imported here: the development script runs in .venv, where the gateway package is.
     from i4t_gateway.identity import load_or_create_identity  # noqa: PLC0415
     from i4t_gateway.router import KEY_FILE as ROUTER_KEY_FILE  # noqa: PLC0415
     from i4t_gateway.server import KEY_FILE as GATEWAY_KEY_FILE  # noqa: PLC0415
-    from i4t_gateway.tokens import TokenLimits, open_token_book  # noqa: PLC0415
 
     router = load_or_create_identity(options.router_data / ROUTER_KEY_FILE).address
     gateway = load_or_create_identity(options.gateway_data / GATEWAY_KEY_FILE).address
-    book, operator = open_token_book(options.router_data)
-    token = book.issue(operator, gateway, 30, TokenLimits())
+    token = gateway_token(options.router_data, gateway)
     arguments = ["--upstream", f"mqtt://127.0.0.1:{options.router_port}"]
     arguments += ["--upstream-router", router.text]
     return arguments, {"I4T_UPSTREAM_TOKEN": token}
+
+
+TOKEN_DAYS = 30
+TOKEN_RENEW_DAYS = 1
+
+
+def gateway_token(router_data: Path, gateway: Address) -> str:
+    """The development gateway's token: the one it holds while more than a day of it is left
+    (so the router's book does not grow by a token per start), else a new one for 30 days."""
+    from i4t_gateway.tokens import TokenLimits, open_token_book  # noqa: PLC0415
+
+    book, operator = open_token_book(router_data)
+    current = book.admitted().get(gateway.text)
+    admission = book.admission(gateway)
+    renew_after_ms = int((time.time() + TOKEN_RENEW_DAYS * 86_400) * 1000)
+    if current and admission and admission.claims.expires_ms > renew_after_ms:
+        return current[0]
+    return book.issue(operator, gateway, TOKEN_DAYS, TokenLimits())
 
 
 Started = tuple[str, asyncio.subprocess.Process, asyncio.Task[None]]
