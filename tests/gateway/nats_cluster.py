@@ -27,7 +27,7 @@ import urllib.request
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .brokers import free_port, free_ports, stop_process
+from .brokers import free_ports, stop_process
 
 NATS_CANDIDATES = ("nats-server", "/usr/bin/nats-server", "/usr/sbin/nats-server")
 CLUSTER_NAME = "i4t-region"
@@ -47,10 +47,10 @@ def nats_binary() -> str:
 class NatsNode:
     name: str
     workdir: Path
-    client_port: int = field(default_factory=free_port)
-    cluster_port: int = field(default_factory=free_port)
-    mqtt_port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    monitor_port: int
     store_root: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 

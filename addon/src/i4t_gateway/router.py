@@ -525,9 +525,14 @@ class RouterServer:
             self.parent.submit(packet, data)
             self.counters["forwarded_up"] += 1
         else:
-            self.queue.put(DOWN_HOP_PREFIX + hop, packet.message_id, data)
-            self._outbox(hop)
+            self._queue_down(hop, packet.message_id, data)
             self.counters["forwarded_down"] += 1
+
+    def _queue_down(self, gateway_id: str, message_id: bytes, data: bytes) -> None:
+        """Queue ``data`` durably for a gateway of the region, whose outbox then sends it;
+        QueueFullError when that gateway's queue is full."""
+        self.queue.put(DOWN_HOP_PREFIX + gateway_id, message_id, data)
+        self._outbox(gateway_id)
 
     def _outbox(self, gateway_id: str) -> Outbox:
         outbox = self._outboxes.get(gateway_id)
@@ -558,10 +563,9 @@ class RouterServer:
         if holder is None or holder == gateway_id:
             return False  # nobody else holds it (yet): the old gateway may announce it again
         try:
-            self.queue.put(DOWN_HOP_PREFIX + holder, queued.message_id, queued.data)
+            self._queue_down(holder, queued.message_id, queued.data)
         except QueueFullError:
             return False
-        self._outbox(holder)
         self.counters["redirected"] += 1
         return True
 
